@@ -1,0 +1,23 @@
+"""keras_clip: CLIP (Radford et al. 2021) for Keras 3 on TensorFlow, JAX and PyTorch.
+
+Importing the package does no work and needs no TensorFlow: only the tf.data
+pipelines and the in-graph tokenizer import it, when used.
+"""
+
+from keras_clip.configs import CLIPConfig, get_preset, list_presets
+from keras_clip.losses import clip_logits, contrastive_loss
+from keras_clip.model import CLIPModel
+from keras_clip.optimizers import WarmupCosineDecay, make_optimizer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CLIPConfig",
+    "CLIPModel",
+    "WarmupCosineDecay",
+    "clip_logits",
+    "contrastive_loss",
+    "get_preset",
+    "list_presets",
+    "make_optimizer",
+]

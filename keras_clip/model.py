@@ -1,0 +1,384 @@
+"""`CLIPModel`: two towers, linear projections, a learnable temperature."""
+
+import keras
+from keras import ops
+
+from keras_clip import configs
+from keras_clip.losses import clip_logits, contrastive_loss, l2_normalize
+from keras_clip.modified_resnet import ModifiedResNet
+from keras_clip.text_encoder import TextTransformer
+from keras_clip.vision_transformer import VisionTransformer
+
+
+@keras.saving.register_keras_serializable(package="keras_clip")
+class MaxValue(keras.constraints.Constraint):
+    """Clamps a weight to at most `max_value` after every optimiser update."""
+
+    def __init__(self, max_value):
+        self.max_value = float(max_value)
+
+    def __call__(self, w):
+        return ops.minimum(w, ops.cast(self.max_value, w.dtype))
+
+    def get_config(self):
+        return {"max_value": self.max_value}
+
+
+@keras.saving.register_keras_serializable(package="keras_clip")
+class LastValue(keras.metrics.Metric):
+    """A metric that reports the last value it was given (e.g. a schedule)."""
+
+    def __init__(self, name="last_value", dtype="float32", **kwargs):
+        super().__init__(name=name, dtype=dtype, **kwargs)
+        self.value = self.add_variable(
+            shape=(), initializer="zeros", dtype=dtype, name="value"
+        )
+
+    def update_state(self, value):
+        self.value.assign(ops.cast(ops.reshape(value, ()), self.dtype))
+
+    def result(self):
+        return ops.convert_to_tensor(self.value)
+
+    def reset_state(self):
+        pass  # The last value stays meaningful across epochs.
+
+
+_INTEGER_DTYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32")
+
+
+@keras.saving.register_keras_serializable(package="keras_clip")
+class CLIPModel(keras.Model):
+    """CLIP: contrastive language-image pre-training (Radford et al. 2021).
+
+    An image tower (ViT or the paper's modified ResNet) and a causal text
+    transformer map into a joint space through bias-free linear projections.
+    Embeddings are L2-normalised and compared by cosine similarity scaled by
+    a learnable temperature, stored as `logit_scale = log(scale)`, initialised
+    to `ln(1 / 0.07)` and clamped at `ln(100)` after every optimiser update.
+
+    `fit` trains with the symmetric contrastive loss over each batch (no
+    `loss` is passed to `compile`) and logs `loss`, `i2t_accuracy`,
+    `t2i_accuracy` and `logit_scale`.
+
+    Args:
+        config: a `keras_clip.CLIPConfig` or its dict.
+        tokenizer: optional tokenizer layer saved with the model (its
+            vocabulary travels inside the `.keras` file).
+
+    Call arguments:
+        inputs: dict with `"images"`, float32 `(B, H, W, 3)` already
+            normalised, and `"token_ids"`, int32 `(B, L)` with
+            `L <= context_length`, padded with 0.
+        training: whether batch-norm layers use batch statistics.
+
+    Returns:
+        dict with `"logits_per_image"` `(B_img, B_txt)` and
+        `"logits_per_text"` `(B_txt, B_img)`, float32.
+
+    Example:
+
+    ```python
+    model = keras_clip.CLIPModel.from_preset("tiny-vit")
+    model.compile(optimizer=keras_clip.make_optimizer(model, total_steps=100))
+    model.fit(dataset)  # batches of {"images": ..., "token_ids": ...}
+    ```
+    """
+
+    def __init__(self, config=None, tokenizer=None, **kwargs):
+        super().__init__(**kwargs)
+        if config is None:
+            config = configs.CLIPConfig()
+        elif isinstance(config, dict):
+            config = configs.CLIPConfig.from_dict(config)
+        elif not isinstance(config, configs.CLIPConfig):
+            raise ValueError(
+                "`config` must be a CLIPConfig or a dict. "
+                f"Received: config of type {type(config).__name__}"
+            )
+        self.config = config
+        self.tokenizer = tokenizer
+        c = config
+        policy = self.dtype_policy
+        if c.vision == "vit":
+            self.image_encoder = VisionTransformer(
+                c.image_size,
+                c.patch_size,
+                c.vision_width,
+                c.vision_layers,
+                c.vision_heads,
+                mlp_ratio=c.mlp_ratio,
+                activation=c.activation,
+                name="image_encoder",
+                dtype=policy,
+            )
+            self.image_projection = keras.layers.Dense(
+                c.embed_dim,
+                use_bias=False,
+                kernel_initializer=keras.initializers.RandomNormal(
+                    stddev=c.vision_width**-0.5
+                ),
+                name="image_projection",
+                dtype=policy,
+            )
+        else:
+            # The attention pool's output projection maps to the joint space.
+            self.image_encoder = ModifiedResNet(
+                c.image_size,
+                c.vision_layers,
+                c.vision_width,
+                c.vision_heads,
+                c.embed_dim,
+                name="image_encoder",
+                dtype=policy,
+            )
+            self.image_projection = None
+        self.text_encoder = TextTransformer(
+            c.vocabulary_size,
+            c.context_length,
+            c.text_width,
+            c.text_layers,
+            c.text_heads,
+            c.eot_token_id,
+            mlp_ratio=c.mlp_ratio,
+            activation=c.activation,
+            name="text_encoder",
+            dtype=policy,
+        )
+        self.text_projection = keras.layers.Dense(
+            c.embed_dim,
+            use_bias=False,
+            kernel_initializer=keras.initializers.RandomNormal(
+                stddev=c.text_width**-0.5
+            ),
+            name="text_projection",
+            dtype=policy,
+        )
+        self.i2t_accuracy = keras.metrics.Mean(name="i2t_accuracy")
+        self.t2i_accuracy = keras.metrics.Mean(name="t2i_accuracy")
+        self.logit_scale_tracker = LastValue(name="logit_scale")
+        self.build()
+
+    def build(self, input_shape=None):
+        if self.built:
+            return
+        c = self.config
+        self.image_encoder.build((None, c.image_size, c.image_size, 3))
+        if self.image_projection is not None:
+            self.image_projection.build((None, c.vision_width))
+        self.text_encoder.build((None, c.context_length))
+        self.text_projection.build((None, c.text_width))
+        # The temperature always lives in float32, like the loss.
+        self.logit_scale = self.add_weight(
+            shape=(),
+            initializer=keras.initializers.Constant(c.logit_scale_init),
+            constraint=MaxValue(c.logit_scale_max),
+            dtype="float32",
+            name="logit_scale",
+        )
+        self.built = True
+
+    @classmethod
+    def from_preset(cls, name, tokenizer=None, **overrides):
+        """An untrained model of a named configuration.
+
+        Args:
+            name: one of `keras_clip.list_presets()` ("RN50", "ViT-B/32",
+                "tiny-vit", ...).
+            tokenizer: optional tokenizer to carry.
+            **overrides: `CLIPConfig` fields to change, e.g.
+                `vocabulary_size=8000, activation="gelu"`; `dtype` goes to
+                the model (a dtype policy name such as "mixed_bfloat16").
+        """
+        dtype = overrides.pop("dtype", None)
+        config = configs.get_preset(name, **overrides)
+        return cls(config=config, tokenizer=tokenizer, dtype=dtype)
+
+    # ---- input checks ---------------------------------------------------
+
+    def _check_images(self, images):
+        shape = tuple(images.shape)
+        size = self.config.image_size
+        dtype = keras.backend.standardize_dtype(images.dtype)
+        if len(shape) != 4:
+            raise ValueError(
+                "`images` must have rank 4, (batch, height, width, 3). "
+                f"Received: images.shape={shape}"
+            )
+        if shape[-1] != 3:
+            raise ValueError(
+                "`images` must have 3 channels (RGB, channels last). "
+                f"Received: images.shape={shape}"
+            )
+        if any(d is not None and d != size for d in shape[1:3]):
+            raise ValueError(
+                f"`images` must be {size}x{size} for this model "
+                f"(image_size={size}). Received: images.shape={shape}"
+            )
+        if "float" not in dtype:
+            raise ValueError(
+                "`images` must be floating point, already normalised with "
+                "the model's mean and std. "
+                f"Received: images.dtype={dtype}"
+            )
+
+    def _check_token_ids(self, token_ids):
+        shape = tuple(token_ids.shape)
+        dtype = keras.backend.standardize_dtype(token_ids.dtype)
+        if len(shape) != 2:
+            raise ValueError(
+                "`token_ids` must have rank 2, (batch, sequence_length). "
+                f"Received: token_ids.shape={shape}"
+            )
+        if dtype not in _INTEGER_DTYPES:
+            raise ValueError(
+                "`token_ids` must be integers (int32). "
+                f"Received: token_ids.dtype={dtype}"
+            )
+        context = self.config.context_length
+        if shape[1] is not None and shape[1] > context:
+            raise ValueError(
+                f"`token_ids` are longer than the context length {context}. "
+                f"Received: token_ids.shape={shape}"
+            )
+
+    # ---- inference --------------------------------------------------------
+
+    def encode_image(self, images, normalize=True, training=False):
+        """Image embeddings `(B, embed_dim)`, unit length by default.
+
+        Args:
+            images: float `(B, image_size, image_size, 3)`, normalised.
+            normalize: L2-normalise (in float32).
+            training: batch-norm mode (ResNet).
+        """
+        self._check_images(images)
+        features = self.image_encoder(images, training=training)  # (B, W)
+        if self.image_projection is not None:
+            features = self.image_projection(features)  # (B, E)
+        return l2_normalize(features) if normalize else features
+
+    def encode_text(self, token_ids, normalize=True, training=False):
+        """Text embeddings `(B, embed_dim)`, unit length by default.
+
+        Args:
+            token_ids: int `(B, L)`, `L <= context_length`, padded with 0.
+            normalize: L2-normalise (in float32).
+        """
+        self._check_token_ids(token_ids)
+        features = self.text_encoder(token_ids, training=training)  # (B, W)
+        features = self.text_projection(features)  # (B, E)
+        return l2_normalize(features) if normalize else features
+
+    def call(self, inputs, training=None):
+        if not isinstance(inputs, dict) or not {"images", "token_ids"} <= set(
+            inputs
+        ):
+            got = sorted(inputs) if isinstance(inputs, dict) else type(inputs)
+            raise ValueError(
+                "CLIPModel expects a dict with keys 'images' and 'token_ids'. "
+                f"Received: {got}"
+            )
+        image = self.encode_image(inputs["images"], training=training)
+        text = self.encode_text(inputs["token_ids"], training=training)
+        logits = clip_logits(
+            image, text, self.logit_scale, self.config.logit_scale_max
+        )  # (B_img, B_txt)
+        return {
+            "logits_per_image": logits,
+            "logits_per_text": ops.transpose(logits),
+        }
+
+    # ---- training -----------------------------------------------------
+
+    def compute_loss(
+        self, x=None, y=None, y_pred=None, sample_weight=None, training=True
+    ):
+        loss, i2t, t2i = contrastive_loss(
+            y_pred["logits_per_image"], y_pred["logits_per_text"]
+        )
+        self.i2t_accuracy.update_state(i2t)
+        self.t2i_accuracy.update_state(t2i)
+        self.logit_scale_tracker.update_state(ops.exp(self.logit_scale))
+        for extra in self.losses:  # e.g. activity regularisers.
+            loss = loss + ops.cast(ops.sum(extra), "float32")
+        return loss
+
+    def compile(self, optimizer="adamw", exclude_from_weight_decay=True, **kwargs):
+        """Configures training; takes no `loss` (the model owns its loss).
+
+        Args:
+            optimizer: an optimizer; see `keras_clip.make_optimizer` for the
+                paper's AdamW with warm-up + cosine schedule.
+            exclude_from_weight_decay: as the paper and open_clip do, no
+                decay on gains, biases, embeddings or the temperature. Applied
+                again on every `compile`, so it survives `load_model`.
+            **kwargs: passed to `keras.Model.compile` (e.g. `jit_compile`,
+                `steps_per_execution`).
+        """
+        if kwargs.get("loss") is not None:
+            raise ValueError(
+                "CLIPModel computes its own contrastive loss; do not pass "
+                f"`loss` to compile(). Received: loss={kwargs['loss']!r}"
+            )
+        kwargs.pop("loss", None)
+        super().compile(optimizer=optimizer, **kwargs)
+        self._exclude_from_weight_decay = exclude_from_weight_decay
+        if exclude_from_weight_decay and hasattr(
+            self.optimizer, "exclude_from_weight_decay"
+        ):
+            self.optimizer.exclude_from_weight_decay(
+                var_list=self.no_weight_decay_variables()
+            )
+
+    def no_weight_decay_variables(self):
+        """Gains, biases, embeddings and the temperature."""
+        embeddings = {
+            id(v)
+            for layer in self._flatten_layers()
+            if isinstance(layer, keras.layers.Embedding)
+            for v in layer.weights
+        }
+        return [
+            v
+            for v in self.trainable_variables
+            if len(v.shape) < 2
+            or id(v) in embeddings
+            or v.name in ("positional_embedding", "class_embedding")
+        ]
+
+    def get_compile_config(self):
+        config = super().get_compile_config()
+        optimizer = config.get("optimizer")
+        if isinstance(optimizer, dict):
+            # Under torch, Keras instantiates backend-private optimizer
+            # subclasses (keras.src.backend.torch.optimizers...). Record the
+            # public class so the file loads and trains on every backend.
+            optimizer["module"] = "keras.optimizers"
+            optimizer.pop("registered_name", None)
+        config["exclude_from_weight_decay"] = self._exclude_from_weight_decay
+        return config
+
+    def compile_from_config(self, config):
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
+    def get_config(self):
+        config = super().get_config()
+        config["config"] = self.config.to_dict()
+        if self.tokenizer is not None:
+            config["tokenizer"] = keras.saving.serialize_keras_object(
+                self.tokenizer
+            )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if isinstance(config.get("tokenizer"), dict):
+            config["tokenizer"] = keras.saving.deserialize_keras_object(
+                config["tokenizer"]
+            )
+        return cls(**config)
