@@ -109,12 +109,7 @@ class CLIPConfig:
                 f"text_heads={self.text_heads}"
             )
         if self.vision_heads is None:
-            heads = (
-                self.vision_width // 64
-                if self.vision == "vit"
-                else self.vision_width * 32 // 64
-            )
-            object.__setattr__(self, "vision_heads", max(1, heads))
+            object.__setattr__(self, "vision_heads", self._default_heads())
         if self.eot_token_id is None:
             object.__setattr__(self, "eot_token_id", self.vocabulary_size - 1)
         if not 0 <= self.eot_token_id < self.vocabulary_size:
@@ -154,8 +149,24 @@ class CLIPConfig:
             config["vision_layers"] = tuple(config["vision_layers"])
         return cls(**config)
 
+    def _default_heads(self):
+        if self.vision == "vit":
+            return max(1, self.vision_width // 64)
+        return max(1, self.vision_width * 32 // 64)
+
     def replace(self, **overrides):
-        return self.from_dict({**self.to_dict(), **overrides})
+        """A copy with fields changed; derived defaults are derived again.
+
+        `eot_token_id` and `vision_heads` that followed the default rule
+        (last id of the vocabulary, width // 64) follow it again after
+        `vocabulary_size` or `vision_width` change.
+        """
+        base = self.to_dict()
+        if self.eot_token_id == self.vocabulary_size - 1:
+            base["eot_token_id"] = None
+        if self.vision_heads == self._default_heads():
+            base["vision_heads"] = None
+        return self.from_dict({**base, **overrides})
 
 
 def _resnet(embed_dim, image_size, layers, width, text_width, text_heads):

@@ -322,6 +322,9 @@ class CLIPModel(keras.Model):
                 f"`loss` to compile(). Received: loss={kwargs['loss']!r}"
             )
         kwargs.pop("loss", None)
+        # "auto" resolves per backend (False under torch); remember what was
+        # asked so a file saved under torch still compiles with XLA elsewhere.
+        self._requested_jit_compile = kwargs.get("jit_compile", "auto")
         super().compile(optimizer=optimizer, **kwargs)
         self._exclude_from_weight_decay = exclude_from_weight_decay
         if exclude_from_weight_decay and hasattr(
@@ -349,6 +352,8 @@ class CLIPModel(keras.Model):
 
     def get_compile_config(self):
         config = super().get_compile_config()
+        if not config:
+            return config
         optimizer = config.get("optimizer")
         if isinstance(optimizer, dict):
             # Under torch, Keras instantiates backend-private optimizer
@@ -357,6 +362,8 @@ class CLIPModel(keras.Model):
             optimizer["module"] = "keras.optimizers"
             optimizer.pop("registered_name", None)
         config["exclude_from_weight_decay"] = self._exclude_from_weight_decay
+        if "jit_compile" in config:
+            config["jit_compile"] = self._requested_jit_compile
         return config
 
     def compile_from_config(self, config):

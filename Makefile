@@ -1,0 +1,37 @@
+# Two entry points: `make demo` (the main job) and `make test` (the suite on
+# every backend). Both create .venv with the pinned stack when it is missing.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+BACKENDS := tensorflow jax torch
+
+.PHONY: demo test install clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Re-install when the dependency list changes.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(BIN)/keras-clip demo $(DEMO_ARGS)
+
+# One pytest run per backend; every backend runs even if one fails, and
+# the target fails if any did.
+test: $(VENV)/.installed
+	@status=0; \
+	for backend in $(BACKENDS); do \
+		echo "=== KERAS_BACKEND=$$backend ==="; \
+		KERAS_BACKEND=$$backend $(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) \
+			|| { echo "=== $$backend FAILED ==="; status=1; }; \
+	done; \
+	exit $$status
+
+clean:
+	rm -rf $(VENV) build *.egg-info

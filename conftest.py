@@ -1,0 +1,30 @@
+"""Test-session set-up shared by every backend run (KERAS_BACKEND picks one)."""
+
+import os
+import sys
+import types
+
+# Reference libraries must never try the network (DESIGN.md section 3).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# JAX on CPU compiles one kernel per weight shape when initialising a model;
+# the partitionable threefry kernels take seconds each to compile here (see
+# README, "JAX on CPU"). The legacy kernels and a persistent compilation
+# cache (shared with the subprocesses tests spawn) keep the suite fast.
+os.environ.setdefault("JAX_THREEFRY_PARTITIONABLE", "false")
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR",
+    os.path.join(os.path.expanduser("~"), ".cache", "keras_clip", "jax"),
+)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
+
+# PyPI's torchvision is a CUDA build that fails to import beside the CPU
+# torch (`operator torchvision::nms does not exist`). An empty
+# `_meta_registrations` module lets torchvision's Python parts, timm and
+# open_clip import; only torchvision's C kernels stay unavailable. Test-only.
+sys.modules.setdefault(
+    "torchvision._meta_registrations",
+    types.ModuleType("torchvision._meta_registrations"),
+)

@@ -1,0 +1,187 @@
+"""Layers and towers against NumPy references, plus the standard battery."""
+
+import keras
+import numpy as np
+import pytest
+
+from keras_clip.layers import (
+    MultiHeadSelfAttention,
+    ResidualAttentionBlock,
+    Transformer,
+    quick_gelu,
+)
+from keras_clip.modified_resnet import AttentionPool2d, Bottleneck, ModifiedResNet
+from keras_clip.text_encoder import TextTransformer, end_of_text_positions
+from keras_clip.vision_transformer import VisionTransformer
+from tests.layer_checks import check_layer
+
+
+def np_softmax(x, axis=-1):
+    x = x - x.max(axis=axis, keepdims=True)
+    e = np.exp(x)
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def np_attention(q, k, v, causal=False):
+    # q: (B, T, H, D), k/v: (B, S, H, D) -> (B, T, H, D)
+    scores = np.einsum("bthd,bshd->bhts", q, k) / np.sqrt(q.shape[-1])
+    if causal:
+        t, s = scores.shape[-2:]
+        scores = np.where(np.tril(np.ones((t, s), bool)), scores, -np.inf)
+    return np.einsum("bhts,bshd->bthd", np_softmax(scores), v)
+
+
+def np_layer_norm(x, gamma, beta, eps=1e-5):
+    mu = x.mean(-1, keepdims=True)
+    var = x.var(-1, keepdims=True)
+    return (x - mu) / np.sqrt(var + eps) * gamma + beta
+
+
+def np_self_attention(layer, x):
+    w_qkv, b_qkv = [np.asarray(w) for w in layer.qkv.get_weights()]
+    w_o, b_o = [np.asarray(w) for w in layer.out_proj.get_weights()]
+    b, t, d = x.shape
+    h = layer.num_heads
+    qkv = (x @ w_qkv + b_qkv).reshape(b, t, 3, h, d // h)
+    out = np_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], layer.causal)
+    return out.reshape(b, t, d) @ w_o + b_o
+
+
+def randomize(layer, seed=0):
+    """Random non-trivial weights (gains, biases, BN statistics too)."""
+    rng = np.random.default_rng(seed)
+    for w in layer.weights:
+        shape = tuple(w.shape)
+        if "variance" in w.path:
+            w.assign(rng.uniform(0.5, 1.5, shape).astype("float32"))
+        else:
+            w.assign((0.2 * rng.standard_normal(shape)).astype("float32"))
+
+
+def test_quick_gelu_matches_formula():
+    x = np.linspace(-6, 6, 101).astype("float32")
+    expected = x / (1 + np.exp(-1.702 * x))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(quick_gelu(keras.ops.convert_to_tensor(x))), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_self_attention_matches_numpy(causal):
+    x = np.random.default_rng(1).standard_normal((2, 7, 16)).astype("float32")
+    layer = MultiHeadSelfAttention(16, 4, causal=causal)
+    layer.build(x.shape)
+    randomize(layer)
+    got = keras.ops.convert_to_numpy(layer(x))
+    np.testing.assert_allclose(got, np_self_attention(layer, x), atol=1e-5)
+
+
+def test_causal_attention_ignores_future_tokens():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((1, 6, 8)).astype("float32")
+    layer = MultiHeadSelfAttention(8, 2, causal=True)
+    y1 = keras.ops.convert_to_numpy(layer(x))
+    x2 = x.copy()
+    x2[:, 4:] = rng.standard_normal((1, 2, 8))
+    y2 = keras.ops.convert_to_numpy(layer(x2))
+    np.testing.assert_allclose(y1[:, :4], y2[:, :4], atol=1e-6)
+    assert not np.allclose(y1[:, 4:], y2[:, 4:])
+
+
+def test_residual_block_matches_numpy():
+    x = np.random.default_rng(3).standard_normal((2, 5, 16)).astype("float32")
+    block = ResidualAttentionBlock(16, 2, activation="gelu")
+    block.build(x.shape)
+    randomize(block)
+    g1, b1 = [np.asarray(w) for w in block.ln_1.get_weights()]
+    g2, b2 = [np.asarray(w) for w in block.ln_2.get_weights()]
+    w_fc, b_fc = [np.asarray(w) for w in block.mlp_fc.get_weights()]
+    w_pr, b_pr = [np.asarray(w) for w in block.mlp_proj.get_weights()]
+    from math import erf
+
+    gelu = np.vectorize(lambda v: 0.5 * v * (1 + erf(v / np.sqrt(2))))
+    h = x + np_self_attention(block.attn, np_layer_norm(x, g1, b1))
+    expected = h + gelu(np_layer_norm(h, g2, b2) @ w_fc + b_fc) @ w_pr + b_pr
+    got = keras.ops.convert_to_numpy(block(x))
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_attention_pool_matches_numpy():
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 2, 2, 16)).astype("float32")
+    pool = AttentionPool2d(2, 16, 4, 8)
+    pool.build(x.shape)
+    randomize(pool)
+    w = {layer.name: [np.asarray(v) for v in layer.get_weights()] for layer in (pool.q_proj, pool.k_proj, pool.v_proj, pool.c_proj)}
+    pos = np.asarray(pool.positional_embedding)
+    tokens = x.reshape(2, 4, 16)
+    tokens = np.concatenate([tokens.mean(1, keepdims=True), tokens], 1) + pos
+    q = (tokens[:, :1] @ w["q_proj"][0] + w["q_proj"][1]).reshape(2, 1, 4, 4)
+    k = (tokens @ w["k_proj"][0] + w["k_proj"][1]).reshape(2, 5, 4, 4)
+    v = (tokens @ w["v_proj"][0] + w["v_proj"][1]).reshape(2, 5, 4, 4)
+    out = np_attention(q, k, v).reshape(2, 16)
+    expected = out @ w["c_proj"][0] + w["c_proj"][1]
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(pool(x)), expected, atol=1e-5)
+
+
+def test_end_of_text_positions_uses_explicit_id():
+    # eot id 5 is *not* the largest id: argmax(token_ids) would pick 9.
+    ids = np.array(
+        [
+            [4, 9, 5, 0, 0],  # first eot at 2
+            [4, 5, 9, 5, 0],  # first of two eots
+            [4, 9, 9, 9, 9],  # truncated, no eot: last non-pad token
+            [4, 7, 0, 0, 0],  # no eot: last non-pad token
+        ],
+        dtype="int32",
+    )
+    got = keras.ops.convert_to_numpy(end_of_text_positions(ids, 5))
+    np.testing.assert_array_equal(got, [2, 1, 4, 1])
+
+
+def test_text_transformer_pools_first_eot_and_is_causal():
+    tower = TextTransformer(50, 8, 16, 1, 2, eot_token_id=3)
+    ids = np.array([[1, 10, 3, 0, 0, 0, 0, 0]], dtype="int32")
+    changed = np.array([[1, 10, 3, 42, 7, 3, 0, 0]], dtype="int32")
+    a = keras.ops.convert_to_numpy(tower(ids))
+    b = keras.ops.convert_to_numpy(tower(changed))
+    # Tokens after the first end-of-text cannot reach it through the mask.
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    different = np.array([[1, 11, 3, 0, 0, 0, 0, 0]], dtype="int32")
+    assert not np.allclose(a, keras.ops.convert_to_numpy(tower(different)))
+
+
+def test_bottleneck_downsample_is_anti_aliased():
+    # Stride 2 is done by average pooling: a pattern with period 2 that
+    # averages to a constant must give the same output as that constant.
+    block = Bottleneck(8, 4, stride=2)
+    block.build((1, 4, 4, 8))
+    randomize(block)
+    checker = np.indices((4, 4)).sum(0) % 2  # 0/1 checkerboard
+    x = np.repeat(checker[None, :, :, None], 8, -1).astype("float32")
+    # Only the identity path sees the raw input through avgpool; the main
+    # path sees it after convolutions, so compare the identity path alone.
+    pooled = keras.ops.convert_to_numpy(block.downsample_pool(x))
+    np.testing.assert_allclose(pooled, 0.5 * np.ones((1, 2, 2, 8)), atol=1e-6)
+    assert tuple(block(x).shape) == (1, 2, 2, 16)
+
+
+LAYER_CASES = [
+    (MultiHeadSelfAttention, dict(width=16, num_heads=2), (2, 5, 16), "float32"),
+    (ResidualAttentionBlock, dict(width=16, num_heads=2), (2, 5, 16), "float32"),
+    (Transformer, dict(width=16, num_layers=2, num_heads=2, causal=True), (2, 5, 16), "float32"),
+    (VisionTransformer, dict(image_size=16, patch_size=8, width=16, num_layers=1, num_heads=2), (2, 16, 16, 3), "float32"),
+    (Bottleneck, dict(in_channels=8, filters=4, stride=2), (2, 8, 8, 8), "float32"),
+    (AttentionPool2d, dict(spatial_size=2, width=16, num_heads=2, output_dim=8), (2, 2, 2, 16), "float32"),
+    (ModifiedResNet, dict(image_size=32, layers=(1, 1, 1, 1), width=4, num_heads=2, output_dim=8), (2, 32, 32, 3), "float32"),
+    (TextTransformer, dict(vocabulary_size=20, context_length=6, width=16, num_layers=1, num_heads=2, eot_token_id=19), (2, 6), "int32"),
+]
+
+
+@pytest.mark.parametrize("layer_cls,kwargs,shape,dtype", LAYER_CASES, ids=[c[0].__name__ for c in LAYER_CASES])
+def test_layer_battery(layer_cls, kwargs, shape, dtype):
+    rng = np.random.default_rng(5)
+    if dtype == "int32":
+        inputs = rng.integers(1, 19, shape).astype("int32")
+        inputs[:, -1] = 19
+    else:
+        inputs = rng.standard_normal(shape).astype("float32")
+    check_layer(layer_cls, kwargs, inputs)

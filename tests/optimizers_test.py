@@ -1,0 +1,97 @@
+"""The paper's optimiser: what is decayed, the schedule, Adam settings."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+
+import keras_clip
+from keras_clip.optimizers import WarmupCosineDecay
+
+
+def to_np(x):
+    return keras.ops.convert_to_numpy(x)
+
+
+def expected_decayed(model):
+    """Kernels of dense / convolution layers only (open_clip's rule)."""
+    names = set()
+    for v in model.trainable_variables:
+        is_kernel = v.path.endswith("/kernel")
+        if is_kernel and len(v.shape) >= 2:
+            names.add(v.path)
+    return names
+
+
+def decayed_by_one_step(model):
+    """Variables changed by an AdamW step with zero gradients.
+
+    With zero gradients Adam's update is exactly zero, so only decoupled
+    weight decay can move a variable: this observes behaviour, not a
+    private list.
+    """
+    before = {v.path: np.array(to_np(v)) for v in model.trainable_variables}
+    zeros = [keras.ops.zeros(v.shape, dtype=v.dtype) for v in model.trainable_variables]
+    model.optimizer.apply(zeros, model.trainable_variables)
+    changed = set()
+    for v in model.trainable_variables:
+        after = to_np(v)
+        if not np.array_equal(after, before[v.path]):
+            changed.add(v.path)
+            # Decoupled decay multiplies by (1 - lr * wd), nothing else.
+            np.testing.assert_allclose(after, before[v.path] * (1 - 0.1 * 0.5), rtol=1e-5, atol=1e-7)
+    return changed
+
+
+@pytest.mark.parametrize("name", ["tiny-vit", "tiny-resnet"])
+def test_weight_decay_only_on_kernels(name):
+    model = keras_clip.CLIPModel.from_preset(name)
+    # A constant learning rate of 0.1 makes the decay factor known.
+    model.compile(optimizer=keras.optimizers.AdamW(learning_rate=0.1, weight_decay=0.5))
+    expected = expected_decayed(model)
+    assert expected, "the model has kernels"
+    # Never decayed: gains, biases, embeddings, class token, temperature.
+    for v in model.trainable_variables:
+        if v.path not in expected:
+            assert len(v.shape) < 2 or "embedding" in v.path
+    assert decayed_by_one_step(model) == expected
+
+
+def test_exclusions_survive_load_model(tmp_path):
+    model = keras_clip.CLIPModel.from_preset("tiny-vit")
+    model.compile(optimizer=keras.optimizers.AdamW(learning_rate=0.1, weight_decay=0.5))
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert decayed_by_one_step(loaded) == expected_decayed(loaded)
+
+
+def open_clip_cosine_lr(step, base_lr, warmup, total):
+    # open_clip's `cosine_lr` schedule, written out.
+    if step < warmup:
+        return base_lr * (step + 1) / warmup
+    e, es = step - warmup, total - warmup
+    return 0.5 * (1 + math.cos(math.pi * e / es)) * base_lr
+
+
+def test_schedule_matches_open_clip_cosine():
+    schedule = WarmupCosineDecay(5e-4, total_steps=100, warmup_steps=10)
+    for step in [0, 1, 5, 9, 10, 11, 50, 99, 100]:
+        got = float(to_np(schedule(step)))
+        assert got == pytest.approx(open_clip_cosine_lr(step, 5e-4, 10, 100), abs=1e-9)
+    assert float(to_np(schedule(1000))) == pytest.approx(0.0, abs=1e-12)
+    restored = WarmupCosineDecay.from_config(schedule.get_config())
+    assert float(to_np(restored(37))) == float(to_np(schedule(37)))
+    with pytest.raises(ValueError, match="warmup_steps <= total_steps"):
+        WarmupCosineDecay(1e-3, total_steps=5, warmup_steps=10)
+
+
+@pytest.mark.parametrize("name,beta_2,epsilon", [("tiny-vit", 0.98, 1e-6), ("tiny-resnet", 0.999, 1e-8)])
+def test_make_optimizer_uses_paper_settings(name, beta_2, epsilon):
+    model = keras_clip.CLIPModel.from_preset(name)
+    opt = keras_clip.make_optimizer(model, total_steps=10_000)
+    assert isinstance(opt, keras.optimizers.AdamW)
+    assert opt.beta_2 == beta_2 and opt.epsilon == epsilon
+    assert opt.weight_decay == pytest.approx(0.2)
+    assert float(to_np(opt.learning_rate)) == pytest.approx(5e-4 / 2000)  # first warm-up step

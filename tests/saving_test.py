@@ -1,0 +1,95 @@
+"""`.keras` files saved on one backend load and keep training on the others.
+
+Each backend's run of the suite saves under its own backend, has the two
+other backends load, check and train the file in subprocesses, and loads
+their files back: over the three CI runs every ordered pair of backends is
+covered (twice).
+"""
+
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+import keras_clip
+from tests.model_test import dataset, synthetic_pairs
+
+BACKENDS = ("tensorflow", "jax", "torch")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def to_np(x):
+    return keras.ops.convert_to_numpy(x)
+
+
+def logits_of(model, images, ids):
+    return to_np(model({"images": images, "token_ids": ids})["logits_per_image"])
+
+
+@pytest.mark.slow
+def test_round_trip_across_backends(tmp_path):
+    here = keras.backend.backend()
+    others = [b for b in BACKENDS if b != here]
+    names = ["tiny-vit", "tiny-resnet"]
+    for name in names:
+        keras.utils.set_random_seed(0)
+        model = keras_clip.CLIPModel.from_preset(name)
+        images, ids = synthetic_pairs(model.config, 8)
+        model.compile(optimizer=keras_clip.make_optimizer(model, total_steps=20, learning_rate=1e-3, warmup_steps=2))
+        model.fit(dataset(images, ids, 8), steps_per_epoch=3, epochs=1, verbose=0)
+        model.save(str(tmp_path / f"{name}.keras"))
+        np.savez(
+            tmp_path / f"{name}.npz",
+            images=images,
+            token_ids=ids,
+            logits=logits_of(model, images, ids),
+            iterations=3,
+        )
+    procs = []
+    for backend in others:
+        env = dict(os.environ, KERAS_BACKEND=backend)
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "tests.cross_backend_worker", str(tmp_path), *names],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    for backend, proc in zip(others, procs):
+        output, _ = proc.communicate(timeout=900)
+        assert proc.returncode == 0, f"{here} -> {backend} failed:\n{output[-4000:]}"
+    for backend in others:
+        for name in names:
+            data = np.load(tmp_path / f"{name}.{backend}.npz")
+            loaded = keras.saving.load_model(str(tmp_path / f"{name}.{backend}.keras"))
+            images = np.load(tmp_path / f"{name}.npz")["images"]
+            ids = np.load(tmp_path / f"{name}.npz")["token_ids"]
+            np.testing.assert_allclose(logits_of(loaded, images, ids), data["logits"], atol=1e-5, rtol=1e-5)
+            assert int(to_np(loaded.optimizer.iterations)) == int(data["iterations"]) == 5
+            loaded.fit({"images": images, "token_ids": ids}, batch_size=8, epochs=1, verbose=0)
+            assert int(to_np(loaded.optimizer.iterations)) == 6
+
+
+def test_config_round_trip_keeps_everything():
+    model = keras_clip.CLIPModel.from_preset("tiny-resnet", activation="gelu", embed_dim=24)
+    clone = keras_clip.CLIPModel.from_config(model.get_config())
+    assert clone.config == model.config
+    clone.set_weights(model.get_weights())
+    images, ids = synthetic_pairs(model.config, 3)
+    np.testing.assert_allclose(logits_of(clone, images, ids), logits_of(model, images, ids), atol=1e-5)
+
+
+def test_mixed_precision_model_round_trip(tmp_path):
+    model = keras_clip.CLIPModel.from_preset("tiny-vit", dtype="mixed_bfloat16")
+    path = str(tmp_path / "mixed.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert loaded.dtype_policy.name == "mixed_bfloat16"
+    images, ids = synthetic_pairs(model.config, 3)
+    np.testing.assert_allclose(logits_of(loaded, images, ids), logits_of(model, images, ids), atol=1e-5)
