@@ -8,12 +8,14 @@ from keras_clip.configs import CLIPConfig, get_preset, list_presets
 from keras_clip.losses import clip_logits, contrastive_loss
 from keras_clip.model import CLIPModel
 from keras_clip.optimizers import WarmupCosineDecay, make_optimizer
+from keras_clip.tokenizer import CLIPTokenizer
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CLIPConfig",
     "CLIPModel",
+    "CLIPTokenizer",
     "WarmupCosineDecay",
     "clip_logits",
     "contrastive_loss",

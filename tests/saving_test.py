@@ -93,3 +93,21 @@ def test_mixed_precision_model_round_trip(tmp_path):
     assert loaded.dtype_policy.name == "mixed_bfloat16"
     images, ids = synthetic_pairs(model.config, 3)
     np.testing.assert_allclose(logits_of(loaded, images, ids), logits_of(model, images, ids), atol=1e-5)
+
+
+def test_model_carries_its_tokenizer(tmp_path):
+    captions = ["a red circle", "a blue square", "two green triangles", "a red square"] * 5
+    tokenizer = keras_clip.CLIPTokenizer.train(captions, vocabulary_size=540, context_length=16)
+    model = keras_clip.CLIPModel.from_preset(
+        "tiny-vit",
+        tokenizer=tokenizer,
+        vocabulary_size=tokenizer.vocabulary_size,
+        eot_token_id=tokenizer.eot_token_id,
+    )
+    path = str(tmp_path / "with_tokenizer.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    assert isinstance(loaded.tokenizer, keras_clip.CLIPTokenizer)
+    ids = loaded.tokenizer(["a blue circle", "two red squares"])
+    np.testing.assert_array_equal(ids, tokenizer(["a blue circle", "two red squares"]))
+    np.testing.assert_allclose(to_np(loaded.encode_text(ids)), to_np(model.encode_text(ids)), atol=1e-6)
