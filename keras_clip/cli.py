@@ -1,8 +1,9 @@
 """`keras-clip` command line.
 
-Today: `keras-clip demo`, an interim main job that trains a tiny CLIP on
-synthetic image-caption pairs and checks it on caption combinations it never
-saw. The Twemoji demo, `train`, `eval`, `embed` and `convert` arrive with
+`keras-clip demo`: an interim main job that trains a tiny CLIP on synthetic
+image-caption pairs and checks it on caption combinations it never saw.
+`keras-clip convert`: an OpenAI / open_clip / Hugging Face checkpoint into a
+`.keras` file. The Twemoji demo, `train`, `eval` and `embed` arrive with
 their issues.
 """
 
@@ -119,11 +120,31 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0, help="Random seed (default: 0).")
     p.add_argument("--output-dir", default="outputs/demo", help="Where clip.keras goes (default: outputs/demo).")
     p.set_defaults(func=demo)
+    p = sub.add_parser(
+        "convert",
+        add_help=False,
+        help="Convert an OpenAI / open_clip / Hugging Face checkpoint to .keras "
+        "(`keras-clip convert --help` lists its options).",
+    )
+    p.add_argument("args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=convert)
     return parser
 
 
+def convert(args):
+    from keras_clip.convert import convert_main
+
+    return convert_main(args.args)
+
+
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if args.command == "convert":
+        # `convert` parses its own options (and its own --help).
+        args.args = unknown + args.args
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     _configure_environment(args.backend)
     return args.func(args)
 

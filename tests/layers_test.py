@@ -10,7 +10,7 @@ from keras_clip.layers import (
     Transformer,
     quick_gelu,
 )
-from keras_clip.modified_resnet import AttentionPool2d, Bottleneck, ModifiedResNet
+from keras_clip.modified_resnet import AttentionPool2d, Bottleneck
 from keras_clip.text_encoder import TextTransformer, end_of_text_positions
 from keras_clip.vision_transformer import VisionTransformer
 from tests.layer_checks import check_layer
@@ -171,7 +171,6 @@ LAYER_CASES = [
     (VisionTransformer, dict(image_size=16, patch_size=8, width=16, num_layers=1, num_heads=2), (2, 16, 16, 3), "float32"),
     (Bottleneck, dict(in_channels=8, filters=4, stride=2), (2, 8, 8, 8), "float32"),
     (AttentionPool2d, dict(spatial_size=2, width=16, num_heads=2, output_dim=8), (2, 2, 2, 16), "float32"),
-    (ModifiedResNet, dict(image_size=32, layers=(1, 1, 1, 1), width=4, num_heads=2, output_dim=8), (2, 32, 32, 3), "float32"),
     (TextTransformer, dict(vocabulary_size=20, context_length=6, width=16, num_layers=1, num_heads=2, eot_token_id=19), (2, 6), "int32"),
 ]
 
