@@ -13,14 +13,25 @@ import sys
 import time
 
 
-def _configure_environment(backend):
-    if backend:
+def _configure_environment(backend, argv):
+    """Sets the backend and quiet, offline defaults for this process.
+
+    Keras fixes its backend when first imported, and importing this module
+    (part of `keras_clip`) already imported it: a different `--backend`
+    re-executes the command with `KERAS_BACKEND` set.
+    """
+    if backend and os.environ.get("KERAS_BACKEND") != backend:
         os.environ["KERAS_BACKEND"] = backend
+        if "keras" in sys.modules:
+            os.execv(sys.executable, [sys.executable, "-m", "keras_clip.cli", *argv])
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     # JAX on CPU: the partitionable threefry kernels take seconds each to
     # compile (one per weight shape); see README "JAX on CPU".
-    os.environ.setdefault("JAX_THREEFRY_PARTITIONABLE", "false")
+    if "JAX_THREEFRY_PARTITIONABLE" not in os.environ:
+        os.environ["JAX_THREEFRY_PARTITIONABLE"] = "false"
+        if "jax" in sys.modules:
+            sys.modules["jax"].config.update("jax_threefry_partitionable", False)
 
 
 def synthetic_pairs(n, image_size, context_length, eot_id, seed, words=8):
@@ -138,6 +149,7 @@ def convert(args):
 
 
 def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if args.command == "convert":
@@ -145,7 +157,7 @@ def main(argv=None):
         args.args = unknown + args.args
     elif unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    _configure_environment(args.backend)
+    _configure_environment(args.backend, argv)
     return args.func(args)
 
 

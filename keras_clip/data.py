@@ -1,0 +1,267 @@
+"""`tf.data` input pipelines for image-caption pairs.
+
+Four sources, one output: batches `{"images": float32 (B, H, W, 3),
+"token_ids": int32 (B, L)}` that `model.fit` consumes on every Keras backend.
+
+- `from_csv`: a CSV/TSV of image paths and captions (open_clip's layout).
+- `from_webdataset`: tar shards as written by img2dataset.
+- `from_tfrecord`: TFRecord files of encoded images and captions
+  (`write_tfrecord` writes them).
+- `from_arrays`: in-memory `uint8` images or encoded bytes, and captions.
+
+Every source accepts the pipeline options of
+`keras_clip.data_pipeline.build_pipeline` as keyword arguments: `image_size`,
+`training`, `crop_scale`, `crop_ratio`, `rotation`, `seed`, `deterministic`,
+`drop_remainder`, `keep_captions`, `counter`. Shuffling (training only) and
+sharding (`num_shards`, `shard_index`: e.g. `jax.process_count()` /
+`jax.process_index()`, or a `tf.distribute.InputContext`'s
+`num_input_pipelines` / `input_pipeline_id`) happen in the source.
+
+Bad samples never stop an epoch: missing, empty, truncated or corrupt images
+and missing, non-UTF-8 or empty captions are skipped and counted per reason in
+`dataset.skip_counter` (a `SkipCounter`), logged after each pass, and a pass
+in which every sample was bad raises an error. `SkipCountLogger` reports the
+counts from `model.fit`.
+
+Example:
+
+```python
+ds = keras_clip.data.from_csv(
+    "train.csv", tokenizer, batch_size=128, image_size=224, training=True,
+    image_column="filepath", caption_column="title", seed=0,
+)
+model.fit(ds, epochs=10, callbacks=[SkipCountLogger(ds.skip_counter)])
+```
+"""
+
+import csv
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from keras_clip.data_pipeline import SkipCounter
+from keras_clip.data_pipeline import SkipCountLogger
+from keras_clip.data_pipeline import build_pipeline
+from keras_clip.data_shards import IMAGE_EXTENSIONS
+from keras_clip.data_shards import check_sharding
+from keras_clip.data_shards import expand_braces
+from keras_clip.data_shards import from_tfrecord
+from keras_clip.data_shards import from_webdataset
+from keras_clip.data_shards import write_tfrecord
+from keras_clip.decode import MISSING_IMAGE
+from keras_clip.decode import OK
+from keras_clip.decode import REASONS
+from keras_clip.decode import as_bytes
+from keras_clip.decode import decode_image
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "REASONS",
+    "SkipCountLogger",
+    "SkipCounter",
+    "build_pipeline",
+    "decode_image",
+    "expand_braces",
+    "from_arrays",
+    "from_csv",
+    "from_tfrecord",
+    "from_webdataset",
+    "pretokenized",
+    "write_tfrecord",
+]
+
+
+def _finish_rows(rows, num_shards, shard_index, shuffle_buffer, options):
+    """Shards an in-memory table of raw samples; shuffles it when training."""
+    training = options.get("training", False)
+    seed = options.get("seed")
+    rows = rows.shard(num_shards, shard_index)
+    if training:
+        buffer = shuffle_buffer or max(1, int(rows.cardinality()))
+        rows = rows.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+    return rows
+
+
+def from_csv(
+    path,
+    tokenizer,
+    batch_size,
+    *,
+    image_column="filepath",
+    caption_column="title",
+    separator=None,
+    image_root=None,
+    num_shards=1,
+    shard_index=0,
+    shuffle_buffer=None,
+    **options,
+):
+    """Pipeline over a CSV/TSV file of image paths and captions.
+
+    The layout is open_clip's `--csv-img-key` / `--csv-caption-key` /
+    `--csv-separator`: a header row naming the columns, one pair per row.
+    Relative image paths are resolved against `image_root` (default: the
+    folder of the CSV). Missing image files are found when the pipeline is
+    built and counted as `missing_image`.
+
+    Args:
+        path: path of the CSV/TSV file.
+        tokenizer: see `build_pipeline`.
+        batch_size: int.
+        image_column: str, column of image paths.
+        caption_column: str, column of captions.
+        separator: str; defaults to a tab for `.tsv` / `.txt`, else `","`.
+        image_root: optional folder that relative paths start from.
+        num_shards: int, number of workers reading disjoint parts.
+        shard_index: int, this worker's part.
+        shuffle_buffer: int; defaults to the whole file (a full shuffle).
+        **options: pipeline options, see `build_pipeline`.
+
+    Returns:
+        A batched `tf.data.Dataset` with a `skip_counter` attribute.
+    """
+    check_sharding(num_shards, shard_index)
+    path = os.fspath(path)
+    if separator is None:
+        separator = "\t" if path.endswith((".tsv", ".txt")) else ","
+    root = os.path.dirname(os.path.abspath(path)) if image_root is None else image_root
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
+        reader = csv.DictReader(f, delimiter=separator)
+        columns = reader.fieldnames or []
+        for column in (image_column, caption_column):
+            if column not in columns:
+                raise ValueError(
+                    f"Expected a column named {column!r} in {path}. "
+                    f"Received columns: {columns} (separator={separator!r})"
+                )
+        rows = list(reader)
+    if not rows:
+        raise ValueError(f"Expected at least one row in {path}. Received: none")
+    images, captions, status = [], [], []
+    for row in rows:
+        rel = row.get(image_column) or ""
+        full = os.path.join(root, rel) if rel else ""
+        images.append(os.fsencode(full))
+        caption = row.get(caption_column)
+        captions.append(b"" if caption is None else as_bytes(caption))
+        status.append(OK if rel and os.path.isfile(full) else MISSING_IMAGE)
+    if all(s != OK for s in status):
+        raise ValueError(
+            f"Every image listed in {path} is missing ({len(rows)} rows). "
+            f"First path tried: {images[0].decode(errors='replace')!r}"
+        )
+    table = tf.data.Dataset.from_tensor_slices(
+        (images, captions, np.asarray(status, np.int32))
+    )
+    table = _finish_rows(table, num_shards, shard_index, shuffle_buffer, options)
+    return build_pipeline(
+        table, "path", tokenizer, batch_size, name=f"csv:{path}", **options
+    )
+
+
+def pretokenized(tokenizer, captions, batch_size=1024):
+    """Tokenizes `captions` once and returns a lookup-table tokenizer.
+
+    The returned callable maps a `tf.string` tensor of captions to the ids
+    `tokenizer` gave them, with a hash-table lookup and a gather instead of
+    tokenizing again every epoch. Captions it was not given (and captions
+    the pipeline skips: empty or not UTF-8) map to a row of zeros.
+
+    Args:
+        tokenizer: callable, `tf.string` `(B,)` -> ids `(B, L)`.
+        captions: iterable of `str` / `bytes`.
+        batch_size: int, captions per eager tokenizer call.
+
+    Returns:
+        A callable with the tokenizer contract.
+    """
+    unique = set()
+    for caption in captions:
+        caption = as_bytes(caption)
+        try:
+            if caption.decode("utf-8").strip():
+                unique.add(caption)
+        except UnicodeDecodeError:
+            pass
+    unique = sorted(unique)
+    rows = [
+        tf.cast(tokenizer(tf.constant(unique[i : i + batch_size])), tf.int32)
+        for i in range(0, len(unique), batch_size)
+    ]
+    if not rows:
+        return tokenizer
+    ids = tf.concat(rows, axis=0)  # (U, L)
+    ids = tf.concat([ids, tf.zeros_like(ids[:1])], axis=0)  # + unknown row
+    table = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(
+            tf.constant(unique), tf.range(len(unique), dtype=tf.int64)
+        ),
+        default_value=len(unique),
+    )
+
+    def lookup(texts):
+        return tf.gather(ids, table.lookup(texts))  # (..., L)
+
+    lookup.table = table  # keeps the table alive with the callable
+    return lookup
+
+
+def from_arrays(
+    images,
+    captions,
+    tokenizer,
+    batch_size,
+    *,
+    num_shards=1,
+    shard_index=0,
+    shuffle_buffer=None,
+    pretokenize=None,
+    **options,
+):
+    """Pipeline over in-memory images and captions.
+
+    Args:
+        images: `uint8` array `(N, H, W, 3)`, or a list of `N` encoded images
+            (`bytes` of JPEG / PNG / GIF / BMP / WebP files).
+        captions: list of `N` captions (`str`, or `bytes` in UTF-8).
+        tokenizer: see `build_pipeline`.
+        batch_size: int.
+        num_shards: int, number of workers reading disjoint parts.
+        shard_index: int, this worker's part.
+        shuffle_buffer: int; defaults to `N` (a full shuffle).
+        pretokenize: bool, tokenize every distinct caption once, now, and
+            look ids up in the pipeline (see `pretokenized`). Defaults to
+            `True` up to 200,000 captions.
+        **options: pipeline options, see `build_pipeline`.
+
+    Returns:
+        A batched `tf.data.Dataset` with a `skip_counter` attribute.
+    """
+    check_sharding(num_shards, shard_index)
+    captions = [as_bytes(c) for c in captions]
+    if pretokenize is None:
+        pretokenize = len(captions) <= 200_000
+    if pretokenize and tokenizer is not None:
+        tokenizer = pretokenized(tokenizer, captions)
+    if isinstance(images, np.ndarray):
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(
+                "Expected `images` as a uint8 array (N, H, W, 3). Received: "
+                f"dtype={images.dtype}, shape={images.shape}"
+            )
+        kind = "array"
+    else:
+        images = [bytes(i) for i in images]
+        kind = "bytes"
+    if len(images) != len(captions) or not captions:
+        raise ValueError(
+            "Expected as many images as captions, at least one. Received: "
+            f"{len(images)} images, {len(captions)} captions"
+        )
+    status = np.zeros([len(captions)], np.int32)
+    table = tf.data.Dataset.from_tensor_slices((images, captions, status))
+    table = _finish_rows(table, num_shards, shard_index, shuffle_buffer, options)
+    return build_pipeline(
+        table, kind, tokenizer, batch_size, name="arrays", **options
+    )

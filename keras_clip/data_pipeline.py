@@ -1,0 +1,377 @@
+"""The shared half of every input pipeline: checks, decoding, skip counting.
+
+A source (see `keras_clip.data`) yields raw samples `(image, caption, status)`
+where `image` is a file path, encoded bytes or a `uint8` array. This module
+turns them into batches `{"images": float32 (B, H, W, 3), "token_ids": int32
+(B, L)}` and accounts for every sample it drops.
+
+How skip counts leave the graph. An end marker follows the last raw sample;
+every map keeps element order, so the marker stays last. Counts travel in
+`scan` states, which belong to one iterator, so a second or abandoned
+iterator over the same dataset cannot disturb them:
+
+1. a `scan` counts the samples that enter;
+2. a parallel map classifies each (missing / empty image, unknown format,
+   bad caption; the file is read here), a `scan` counts each reason and the
+   bad samples are dropped;
+3. a parallel map decodes and transforms the rest; `ignore_errors` drops
+   the ones that fail (truncated or corrupt data);
+4. after batching and tokenizing, a one-batch look-ahead `scan`, the last
+   stage, counts decoded samples. When the marker arrives it closes the pass
+   (`decode_error = passed checks - decoded`, plus any sample lost in step
+   2), adds it to the `SkipCounter`'s variables, logs a line and raises if
+   nothing survived, and only then releases the last batch.
+
+Nothing reads ahead of the look-ahead (no prefetch or parallel map after it),
+so a pass is closed when the consumer asks for its last batch, not when an
+abandoned iterator's read-ahead reaches the end.
+"""
+
+import logging
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_clip import augment
+from keras_clip.decode import END
+from keras_clip.decode import NUM_CHECKED
+from keras_clip.decode import OK
+from keras_clip.decode import REASONS
+from keras_clip.decode import check_sample
+from keras_clip.decode import decode_image
+
+logger = logging.getLogger("keras_clip.data")
+
+
+class SkipCounter:
+    """Counts the samples an input pipeline skipped, per reason.
+
+    One counter belongs to one pipeline. A pass (epoch) is counted when the
+    consumer asks for its last batch; the counts are final before that batch
+    is returned. Each finished pass is also written to the `keras_clip.data`
+    logger (warning level when anything was skipped).
+
+    Args:
+        name: str, names the source in log lines and errors.
+
+    Example:
+
+    >>> counter = SkipCounter()
+    >>> ds = keras_clip.data.from_csv("pairs.csv", tok, batch_size=32,
+    ...                               counter=counter)  # doctest: +SKIP
+    >>> for batch in ds: ...  # doctest: +SKIP
+    >>> counter.last_pass()  # {"ok": 98, "missing_image": 1, ...}
+    """
+
+    def __init__(self, name="dataset"):
+        self.name = name
+        self._attached = False
+        n = len(REASONS) + 1
+        with tf.init_scope(), tf.device("/cpu:0"):
+            self._total = tf.Variable(tf.zeros([n], tf.int64), trainable=False)
+            self._last = tf.Variable(tf.zeros([n], tf.int64), trainable=False)
+            self._passes = tf.Variable(tf.constant(0, tf.int64), trainable=False)
+
+    @staticmethod
+    def _as_dict(vector):
+        values = [int(v) for v in np.asarray(vector)]
+        return dict(zip(("ok",) + REASONS, values))
+
+    @property
+    def num_passes(self):
+        """Number of passes (epochs) completed so far."""
+        return int(self._passes.numpy())
+
+    def totals(self):
+        """Dict `{"ok": n, reason: n, ...}` summed over completed passes."""
+        return self._as_dict(self._total.numpy())
+
+    def last_pass(self):
+        """Dict `{"ok": n, reason: n, ...}` of the last completed pass."""
+        return self._as_dict(self._last.numpy())
+
+    def skipped(self, last_pass=False):
+        """Total number of skipped samples (all passes, or the last one)."""
+        counts = self.last_pass() if last_pass else self.totals()
+        return sum(v for k, v in counts.items() if k != "ok")
+
+    def reset(self):
+        """Sets every count to zero."""
+        for var in (self._total, self._last, self._passes):
+            var.assign(tf.zeros_like(var))
+
+    def summary(self, counts=None):
+        """One line describing `counts` (default: the last pass)."""
+        counts = self.last_pass() if counts is None else counts
+        bad = {k: v for k, v in counts.items() if k != "ok" and v}
+        detail = ", ".join(f"{k}={v}" for k, v in bad.items()) or "none"
+        return (
+            f"{self.name}: {counts['ok']} pairs ok, {sum(bad.values())} "
+            f"skipped ({detail})"
+        )
+
+    def _attach(self):
+        if self._attached:
+            raise ValueError(
+                f"Expected a fresh `SkipCounter` for each pipeline. Received: "
+                f"the counter '{self.name}', already used by another pipeline."
+            )
+        self._attached = True
+
+    def _close_pass(self, tally, decoded):
+        """Graph side: `tally` is `[entered, count per checked reason...]`."""
+        checked = tally[1:]
+        lost_in_checks = tally[0] - tf.reduce_sum(checked)
+        decode_errors = checked[OK] - decoded + lost_in_checks
+        counts = tf.concat([[decoded], checked[1:], [decode_errors]], axis=0)
+        updates = [
+            self._total.assign_add(counts),
+            self._last.assign(counts),
+            self._passes.assign_add(1),
+        ]
+        with tf.control_dependencies(updates):
+            return tf.py_function(self._report, [counts], Tout=tf.bool)
+
+    def _report(self, counts):
+        counts = self._as_dict(counts.numpy())
+        if counts["ok"] == 0:
+            raise ValueError(
+                f"Every sample of {self.name} was skipped, so the pipeline "
+                f"has nothing to yield. Counts: {counts}. Check the paths, "
+                "column names and caption encoding."
+            )
+        skipped = sum(counts.values()) > counts["ok"]
+        level = logging.WARNING if skipped else logging.INFO
+        logger.log(level, "pass %d over %s", self.num_passes, self.summary(counts))
+        return True
+
+
+class SkipCountLogger(keras.callbacks.Callback):
+    """Keras callback that reports a pipeline's skip counts after each epoch.
+
+    Adds `skipped_samples` (the count of the last finished pass) to the epoch
+    logs, so it appears in `History`, and logs the per-reason line.
+
+    Args:
+        counter: the `SkipCounter` of the training pipeline (also reachable as
+            `dataset.skip_counter`).
+
+    Example:
+
+    >>> ds = keras_clip.data.from_csv(...)  # doctest: +SKIP
+    >>> model.fit(ds, epochs=3,
+    ...           callbacks=[SkipCountLogger(ds.skip_counter)])  # doctest: +SKIP
+    """
+
+    def __init__(self, counter):
+        super().__init__()
+        if not isinstance(counter, SkipCounter):
+            raise TypeError(
+                f"Expected a `SkipCounter`. Received: counter={counter!r}"
+            )
+        self.counter = counter
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["skipped_samples"] = self.counter.skipped(last_pass=True)
+        logger.info("epoch %d: %s", epoch + 1, self.counter.summary())
+
+
+def _end_marker(spec):
+    """A raw sample shaped like `spec` whose status marks the end of a pass."""
+    image_spec = spec[0]
+    if image_spec.dtype == tf.string:
+        image = tf.constant("")
+    else:
+        image = tf.zeros([d or 1 for d in image_spec.shape], image_spec.dtype)
+    return tf.data.Dataset.from_tensors((image, tf.constant(""), tf.constant(END)))
+
+
+def build_pipeline(
+    raw,
+    image_kind,
+    tokenizer,
+    batch_size,
+    *,
+    image_size=224,
+    training=False,
+    crop_scale=(0.9, 1.0),
+    crop_ratio=(3.0 / 4.0, 4.0 / 3.0),
+    rotation=0.0,
+    seed=None,
+    deterministic=None,
+    drop_remainder=None,
+    keep_captions=False,
+    counter=None,
+    name="dataset",
+):
+    """Turns raw `(image, caption, status)` samples into model batches.
+
+    Sources in `keras_clip.data` call this after reading, sharding and
+    shuffling; its keyword arguments are the pipeline options they all accept.
+
+    Args:
+        raw: `tf.data.Dataset` of `(image, caption, status)`; `image` is a
+            path (`image_kind="path"`), encoded bytes (`"bytes"`) or a
+            `uint8` `(H, W, 3)` array (`"array"`); `status` is an `int32`
+            reason code set by the source (0 when nothing is known wrong).
+        image_kind: one of `"path"`, `"bytes"`, `"array"`.
+        tokenizer: callable mapping a `tf.string` tensor `(B,)` to integer ids
+            `(B, L)` inside `tf.data` (e.g. `keras_clip.CLIPTokenizer`), or
+            `None` to return the raw captions under `"captions"` instead.
+        batch_size: int.
+        image_size: int, side of the square output images.
+        training: bool, random-resized crop (and rotation) vs. resize + center
+            crop; also the default for `drop_remainder`.
+        crop_scale: pair, area fraction range of the training crop.
+        crop_ratio: pair, aspect-ratio range of the training crop.
+        rotation: float, largest training rotation in degrees (0: none).
+        seed: optional int; makes augmentation (and shuffling, in sources)
+            reproducible.
+        deterministic: bool, whether sources may interleave files out of
+            order (`False` is faster when some files are slow). Maps here
+            always keep order. Defaults to `True` for evaluation or when
+            `seed` is given.
+        drop_remainder: bool, drop the last partial batch. Defaults to
+            `training`.
+        keep_captions: bool, also return the caption strings as `"captions"`.
+        counter: optional `SkipCounter`; a new one is made otherwise. Either
+            way it is reachable as `dataset.skip_counter`.
+        name: str, names the source in log lines.
+
+    Returns:
+        A `tf.data.Dataset` of dicts `{"images": float32 (B, H, W, 3),
+        "token_ids": int32 (B, L)}`, with a `skip_counter` attribute. Add no
+        `prefetch` after it: reading ahead would close passes early.
+    """
+    if image_kind not in ("path", "bytes", "array"):
+        raise ValueError(
+            "Expected `image_kind` in ('path', 'bytes', 'array'). "
+            f"Received: image_kind={image_kind!r}"
+        )
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(
+            f"Expected a positive int `batch_size`. Received: {batch_size!r}"
+        )
+    if tokenizer is not None and not callable(tokenizer):
+        raise TypeError(f"Expected a callable `tokenizer`. Received: {tokenizer!r}")
+    counter = SkipCounter(name) if counter is None else counter
+    counter._attach()
+    if deterministic is None:
+        deterministic = seed is not None or not training
+    drop_remainder = training if drop_remainder is None else drop_remainder
+    parallel = dict(num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    # These functions branch on Python values only: no AutoGraph needed.
+    plain = tf.autograph.experimental.do_not_convert
+    size = int(image_size)
+    int64 = lambda x: tf.cast(x, tf.int64)
+
+    # 1. Count what enters; the end marker carries the count.
+    ds = raw.concatenate(_end_marker(raw.element_spec))
+
+    def count_entered(entered, sample):
+        entered += int64(sample[2] != END)
+        return entered, sample + (entered,)
+
+    ds = ds.scan(tf.constant(0, tf.int64), plain(count_entered))
+
+    # 2. Classify, count per reason, drop the bad samples.
+    def check(image, caption, status, entered):
+        image, caption, reason = check_sample(image, caption, status, image_kind)
+        reason = tf.where(tf.equal(status, END), END, reason)
+        return image, caption, reason, entered
+
+    ds = ds.map(plain(check), **parallel).ignore_errors()
+
+    def count_reasons(counts, sample):
+        image, caption, reason, entered = sample
+        counts += tf.one_hot(reason, NUM_CHECKED, dtype=tf.int64)  # 0 at END
+        tally = tf.concat([[entered], counts], axis=0)  # (1 + NUM_CHECKED,)
+        return counts, (image, caption, reason, tally)
+
+    ds = ds.scan(tf.zeros([NUM_CHECKED], tf.int64), plain(count_reasons))
+    ds = ds.filter(plain(lambda i, c, r, t: (r == OK) | (r == END)))
+
+    # 3. Decode and transform; failures are dropped (counted in step 4).
+    def transform(sample, sample_seed):
+        image, caption, reason, tally = sample
+        is_end = tf.equal(reason, END)
+
+        def decoded():
+            pixels = image if image_kind == "array" else decode_image(image)
+            if training:
+                return augment.train_transform(
+                    pixels, size, crop_scale, crop_ratio, rotation, sample_seed
+                )
+            return augment.eval_transform(pixels, size)
+
+        pixels = tf.cond(is_end, lambda: tf.zeros([size, size, 3]), decoded)
+        return pixels, caption, is_end, tally
+
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+    ds = tf.data.Dataset.zip(ds, seeds.batch(2))
+    ds = ds.map(plain(transform), **parallel).ignore_errors()
+
+    # 4. Batch (the marker rides in the last batch), tokenize, look ahead.
+    ds = ds.batch(batch_size)
+
+    def to_inputs(images, captions, is_end, tally):
+        out = {"images": images}
+        if tokenizer is not None:
+            out["token_ids"] = tf.cast(tokenizer(captions), tf.int32)
+        if tokenizer is None or keep_captions:
+            out["captions"] = captions
+        return out, is_end, tally
+
+    ds = ds.map(to_inputs, **parallel)
+    spec = ds.element_spec
+    empty = lambda s: tf.zeros([0] + [d or 0 for d in s.shape[1:]], s.dtype)
+    # One empty batch after the end flushes the held batch.
+    ds = ds.concatenate(
+        tf.data.Dataset.from_tensors(tf.nest.map_structure(empty, spec))
+    )
+
+    def look_ahead(state, batch):
+        held, decoded = state
+        inputs, is_end, tally = batch
+        has_end = tf.reduce_any(is_end)
+        keep = tf.logical_not(is_end)
+        real = tf.nest.map_structure(lambda x: tf.boolean_mask(x, keep), inputs)
+        n_real = tf.shape(real["images"])[0]
+        decoded += int64(n_real)
+        end_tally = tf.reduce_sum(tf.boolean_mask(tally, is_end), axis=0)
+        closed = tf.cond(
+            has_end,
+            lambda: counter._close_pass(end_tally, decoded),
+            lambda: tf.constant(True),
+        )
+        if drop_remainder:  # drop any batch short of `batch_size`
+            real = tf.cond(
+                tf.equal(n_real, batch_size),
+                lambda: real,
+                lambda: tf.nest.map_structure(lambda x: x[:0], real),
+            )
+        with tf.control_dependencies([closed]):
+            out = tf.nest.map_structure(tf.identity, held)
+        decoded = tf.where(has_end, tf.constant(0, tf.int64), decoded)
+        return (real, decoded), out
+
+    initial = (tf.nest.map_structure(empty, spec[0]), tf.constant(0, tf.int64))
+    ds = ds.scan(initial, plain(look_ahead))
+    ds = ds.filter(plain(lambda out: tf.shape(out["images"])[0] > 0))
+    static_batch = batch_size if drop_remainder else None
+    ds = ds.map(
+        lambda out: tf.nest.map_structure(
+            lambda x, s: tf.ensure_shape(x, [static_batch] + s.shape[1:]),
+            out,
+            spec[0],
+        )
+    )
+    options = tf.data.Options()
+    options.deterministic = deterministic
+    options.experimental_optimization.map_parallelization = False
+    options.experimental_optimization.inject_prefetch = False
+    ds = ds.with_options(options)
+    ds.skip_counter = counter
+    return ds

@@ -1,0 +1,140 @@
+"""Tests for keras_clip.augment against NumPy / PIL references."""
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from keras_clip import augment
+
+
+def smooth_image(seed, h, w):
+    """A random image with some spatial structure (bicubic is not all noise)."""
+    noise = np.random.default_rng(seed).integers(0, 256, (h // 4 + 2, w // 4 + 2, 3))
+    small = Image.fromarray(noise.astype(np.uint8))
+    return np.asarray(small.resize((w, h), Image.BILINEAR))
+
+
+def reference_box(h, w, u, scale, ratio):
+    """torchvision's RandomResizedCrop.get_params, fed our uniforms `u` (4, 10)."""
+    area = np.float32(h * w)
+    for i in range(u.shape[1]):
+        target = area * np.float32(scale[0] + (scale[1] - scale[0]) * u[0, i])
+        lo, hi = math.log(ratio[0]), math.log(ratio[1])
+        aspect = np.exp(np.float32(lo + (hi - lo) * u[1, i]))
+        bw = np.round(np.sqrt(target * aspect))
+        bh = np.round(np.sqrt(target / aspect))
+        if 0 < bw <= w and 0 < bh <= h:
+            top = np.floor(u[2, i] * (h - bh + 1))
+            left = np.floor(u[3, i] * (w - bw + 1))
+            return [int(top), int(left), int(bh), int(bw)]
+    in_ratio = w / h
+    bw = round(h * ratio[1]) if in_ratio > ratio[1] else w
+    bh = round(w / ratio[0]) if in_ratio < ratio[0] else h
+    return [(h - bh) // 2, (w - bw) // 2, bh, bw]
+
+
+@pytest.mark.parametrize(
+    "h,w,scale,ratio",
+    [
+        (72, 72, (0.9, 1.0), (3 / 4, 4 / 3)),
+        (100, 60, (0.08, 1.0), (3 / 4, 4 / 3)),
+        (40, 90, (0.5, 0.9), (1.0, 1.0)),
+        (30, 200, (0.9, 1.0), (0.9, 1.1)),  # mostly falls back
+    ],
+)
+def test_crop_box_matches_reference(h, w, scale, ratio):
+    for i in range(40):
+        seed = tf.constant([i, 7], tf.int64)
+        box = augment.random_resized_crop_box(h, w, scale, ratio, seed).numpy()
+        u = tf.random.stateless_uniform([4, 10], seed=seed).numpy()
+        assert list(box) == reference_box(h, w, u, scale, ratio), (i, box)
+        top, left, bh, bw = box
+        assert 0 <= top and top + bh <= h and 0 <= left and left + bw <= w
+
+
+def test_crop_box_scale_and_ratio_in_range():
+    for i in range(100):
+        top, left, bh, bw = augment.random_resized_crop_box(
+            200, 300, (0.3, 0.6), (0.5, 2.0), [i, 0]).numpy()
+        assert 0.3 - 0.02 <= bh * bw / 60000 <= 0.6 + 0.02
+        assert 0.5 - 0.02 <= bw / bh <= 2.0 + 0.02
+
+
+@pytest.mark.parametrize("h,w,size", [(72, 72, 32), (100, 60, 32), (50, 90, 64),
+                                      (20, 30, 48), (300, 200, 224)])
+def test_eval_transform_matches_pil_resize_and_center_crop(h, w, size):
+    image = smooth_image(h + w, h, w)
+    ours = augment.resize_and_center_crop(image, size).numpy()
+    short = min(h, w)
+    nh, nw = (size, int(size * w / short)) if h <= w else (int(size * h / short), size)
+    ref = np.asarray(Image.fromarray(image).resize((nw, nh), Image.BICUBIC), np.float32)
+    top, left = int(round((nh - size) / 2)), int(round((nw - size) / 2))
+    ref = ref[top: top + size, left: left + size]
+    assert ours.shape == (size, size, 3)
+    diff = np.abs(ours - ref)
+    # PIL rounds to uint8 between its horizontal and vertical passes.
+    assert diff.mean() < 0.5 and diff.max() <= 3.0, (diff.mean(), diff.max())
+    normalized = augment.eval_transform(image, size).numpy()
+    np.testing.assert_allclose(augment.denormalize(normalized), ours, atol=1e-3)
+
+
+def test_random_resized_crop_is_crop_then_pil_resize():
+    image = smooth_image(3, 80, 64)
+    seed = tf.constant([5, 6], tf.int64)
+    top, left, bh, bw = augment.random_resized_crop_box(80, 64, (0.3, 1.0), seed=seed)
+    ours = augment.random_resized_crop(image, 24, (0.3, 1.0), seed=seed).numpy()
+    crop = Image.fromarray(image[top: top + bh, left: left + bw])
+    ref = np.asarray(crop.resize((24, 24), Image.BICUBIC), np.float32)
+    assert np.abs(ours - ref).mean() < 0.5 and np.abs(ours - ref).max() <= 3.0
+
+
+def test_normalize_constants_and_inverse():
+    mean_pixel = np.array(augment.OPENAI_MEAN, np.float32) * 255.0
+    np.testing.assert_allclose(augment.normalize(mean_pixel), 0.0, atol=1e-6)
+    x = np.random.default_rng(0).uniform(0, 255, (4, 4, 3)).astype(np.float32)
+    np.testing.assert_allclose(augment.denormalize(augment.normalize(x)), x, atol=1e-3)
+    assert augment.OPENAI_STD == (0.26862954, 0.26130258, 0.27577711)
+
+
+def test_rotation_keeps_center_and_fills_corners():
+    image = np.full((33, 33, 3), 100, np.uint8)
+    image[16, 16] = 200
+    for i in range(10):
+        seed = tf.constant([i, 1], tf.int64)
+        out = augment.random_rotate(image, 45.0, seed=seed, fill_value=255.0).numpy()
+        angle = tf.random.stateless_uniform([], seed=seed, minval=-45.0, maxval=45.0)
+        assert out[16, 16, 0] == pytest.approx(200.0)
+        assert out[8, 16, 0] == pytest.approx(100.0)  # inside the rotated square
+        if abs(float(angle)) > 10:
+            assert (out[0, 0] == 255.0).all()  # a corner rotated in from outside
+    unrotated = augment.random_rotate(image, 0.0, seed=[1, 2]).numpy()
+    np.testing.assert_allclose(unrotated, image, atol=1e-3)
+
+
+def test_train_transform_seeded_and_in_tf_data():
+    image = smooth_image(1, 72, 72)
+    a = augment.train_transform(image, 32, rotation=10.0, seed=[1, 2]).numpy()
+    b = augment.train_transform(image, 32, rotation=10.0, seed=[1, 2]).numpy()
+    c = augment.train_transform(image, 32, (0.5, 1.0), rotation=10.0, seed=[3, 4])
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c.numpy())
+    assert a.dtype == np.float32 and a.shape == (32, 32, 3)
+    pixels = augment.denormalize(a).numpy()
+    assert pixels.min() >= -1e-3 and pixels.max() <= 255.0 + 1e-3
+
+    ds = tf.data.Dataset.from_tensors(image).repeat(4).enumerate()
+    ds = ds.map(lambda i, x: augment.train_transform(x, 16, seed=tf.stack([i, i])),
+                num_parallel_calls=2)
+    first, second = [np.stack(list(ds.as_numpy_iterator())) for _ in range(2)]
+    np.testing.assert_array_equal(first, second)
+    assert first.shape == (4, 16, 16, 3)
+
+
+def test_bad_ranges_raise():
+    with pytest.raises(ValueError, match="scale"):
+        augment.random_resized_crop_box(10, 10, scale=(1.0, 0.5))
+    with pytest.raises(ValueError, match="ratio"):
+        augment.random_resized_crop_box(10, 10, ratio=(0.0, 1.0))

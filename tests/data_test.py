@@ -1,0 +1,317 @@
+"""Tests for keras_clip.data: sources, decoding, skip counts, sharding, fit."""
+
+import io
+import os
+import tarfile
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from keras_clip import data
+from keras_clip import data_pipeline
+
+L = 8  # context length of the stand-in tokenizer
+SIZE = 16
+
+
+def hash_tokenizer(captions):
+    """Graph-mode stand-in for CLIPTokenizer: hashed words, SOT/EOT, pad to L."""
+    words = tf.strings.split(tf.strings.lower(captions))
+    ids = tf.strings.to_hash_bucket_fast(words, 1000) + 1
+    sot = tf.ones_like(ids[..., :1]) * 1001
+    eot = tf.ones_like(ids[..., :1]) * 1002
+    ids = tf.concat([sot, ids[..., : L - 2], eot], axis=-1)
+    if isinstance(ids, tf.RaggedTensor):
+        return ids.to_tensor(shape=[None, L])
+    return tf.pad(ids, [[0, L - tf.shape(ids)[0]]])
+
+
+def encode(array, fmt, **kwargs):
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def random_image(seed, h=24, w=20):
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), np.uint8)
+
+
+def good_and_bad_samples():
+    """Returns {name: (image bytes or None, caption bytes)} and expected counts."""
+    samples = {f"good{i}": (encode(random_image(i), "JPEG"), f"photo {i}".encode())
+               for i in range(6)}
+    samples["gray"] = (encode(random_image(7)[..., 0], "PNG"), b"gray square")
+    samples["rgba"] = (encode(np.dstack([random_image(8), np.full((24, 20), 128,
+                       np.uint8)]), "PNG"), b"half transparent")
+    samples["gif"] = (encode(random_image(9), "GIF"), b"a gif")
+    samples["bmp"] = (encode(random_image(10), "BMP"), b"a bitmap")
+    jpeg = encode(random_image(11), "JPEG")
+    samples["truncated"] = (jpeg[: len(jpeg) // 2], b"cut in half")
+    samples["corrupt"] = (b"this is not an image at all" * 3, b"corrupt bytes")
+    samples["zero"] = (b"", b"zero bytes")
+    samples["missing"] = (None, b"no file")
+    samples["latin1"] = (encode(random_image(12), "PNG"), "café".encode("latin-1"))
+    samples["nocaption"] = (encode(random_image(13), "PNG"), b"  ")
+    expected = dict.fromkeys(("ok",) + data.REASONS, 0)
+    expected.update(ok=10, decode_error=1, unknown_image_format=1, empty_image=1,
+                    missing_image=1, invalid_utf8_caption=1, empty_caption=1)
+    return samples, expected
+
+
+def write_csv(folder, samples, separator=","):
+    os.makedirs(folder / "img", exist_ok=True)
+    lines = [f"filepath{separator}title".encode()]
+    for name, (image, caption) in samples.items():
+        path = f"img/{name}.bin"
+        if image is not None:
+            (folder / path).write_bytes(image)
+        lines.append(path.encode() + separator.encode() + caption)
+    csv_path = folder / ("pairs.tsv" if separator == "\t" else "pairs.csv")
+    csv_path.write_bytes(b"\n".join(lines) + b"\n")
+    return csv_path
+
+
+def add_member(tar, name, payload):
+    info = tarfile.TarInfo(name)
+    info.size = len(payload)
+    tar.addfile(info, io.BytesIO(payload))
+
+
+def write_shards(folder, samples, num_shards=2):
+    paths = [folder / f"shard-{i:05d}.tar" for i in range(num_shards)]
+    tars = [tarfile.open(p, "w") for p in paths]
+    for i, (name, (image, caption)) in enumerate(samples.items()):
+        tar = tars[i % num_shards]
+        if image is not None:
+            add_member(tar, f"{i:08d}.jpg", image)
+        add_member(tar, f"{i:08d}.txt", caption)
+        add_member(tar, f"{i:08d}.json", b'{"status": "success"}')
+    for tar in tars:
+        tar.close()
+    return paths
+
+
+def collect(ds):
+    batches = list(ds)
+    return batches, sum(int(b["images"].shape[0]) for b in batches)
+
+
+def test_csv_skip_counts_and_outputs(tmp_path):
+    samples, expected = good_and_bad_samples()
+    csv_path = write_csv(tmp_path, samples)
+    ds = data.from_csv(csv_path, hash_tokenizer, batch_size=4, image_size=SIZE)
+    batches, count = collect(ds)
+    assert count == expected["ok"]
+    assert ds.skip_counter.last_pass() == expected
+    for batch in batches:
+        assert batch["images"].dtype == tf.float32
+        assert batch["images"].shape[1:] == (SIZE, SIZE, 3)
+        assert batch["token_ids"].dtype == tf.int32
+        assert batch["token_ids"].shape[1:] == (L,)
+    # A second pass counts again; totals add up.
+    collect(ds)
+    assert ds.skip_counter.num_passes == 2
+    assert ds.skip_counter.totals()["decode_error"] == 2
+
+
+def test_tsv_custom_columns(tmp_path):
+    (tmp_path / "a.png").write_bytes(encode(random_image(0), "PNG"))
+    (tmp_path / "list.tsv").write_text("caption\tpath\na red thing\ta.png\n")
+    ds = data.from_csv(tmp_path / "list.tsv", hash_tokenizer, 1, image_size=SIZE,
+                       image_column="path", caption_column="caption")
+    assert collect(ds)[1] == 1
+    with pytest.raises(ValueError, match="column named 'filepath'"):
+        data.from_csv(tmp_path / "list.tsv", hash_tokenizer, 1)
+
+
+def test_webdataset_skip_counts_and_truncated_shard(tmp_path):
+    samples, expected = good_and_bad_samples()
+    samples["onlyimage"] = (encode(random_image(14), "PNG"), None)
+    paths = write_shards(tmp_path, {k: v for k, v in samples.items()
+                                    if v[1] is not None})
+    with tarfile.open(paths[0], "a") as tar:
+        add_member(tar, "99999999.png", samples["onlyimage"][0])
+    # A third shard: two good samples, then cut inside the third image.
+    good = {f"t{i}": (encode(random_image(20 + i, 64, 64), "PNG"), b"x y")
+            for i in range(3)}
+    os.makedirs(tmp_path / "cut")
+    (cut,) = write_shards(tmp_path / "cut", good, 1)
+    with tarfile.open(cut) as tar:
+        offset = tar.getmember("00000002.jpg").offset_data
+    cut.write_bytes(cut.read_bytes()[: offset + 100])
+    pattern = str(tmp_path / "shard-{00000..00001}.tar")
+    ds = data.from_webdataset([pattern, str(cut)], hash_tokenizer, batch_size=3,
+                              image_size=SIZE, training=True, seed=3)
+    batches, count = collect(ds)
+    expected.update(ok=expected["ok"] + 2, missing_caption=1, shard_error=1)
+    counts = ds.skip_counter.last_pass()
+    assert counts == expected
+    assert count == 12 - 12 % 3  # training drops the remainder
+    assert all(b["images"].shape[0] == 3 for b in batches)
+
+
+def test_tfrecord_round_trip_and_missing_features(tmp_path):
+    samples, expected = good_and_bad_samples()
+    kept = {k: v for k, v in samples.items() if v[0] is not None}
+    path = tmp_path / "pairs.tfrecord"
+    n = data.write_tfrecord(path, [v[0] for v in kept.values()],
+                            [v[1] for v in kept.values()])
+    assert n == len(kept)
+    with tf.io.TFRecordWriter(str(tmp_path / "extra.tfrecord")) as writer:
+        only_caption = tf.train.Example(features=tf.train.Features(feature={
+            "caption": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"x"]))
+        }))
+        writer.write(only_caption.SerializeToString())
+    ds = data.from_tfrecord(str(tmp_path / "*.tfrecord"), hash_tokenizer, 5,
+                            image_size=SIZE)
+    assert collect(ds)[1] == expected["ok"]
+    assert ds.skip_counter.last_pass() == expected  # 1 missing image, as before
+
+
+def test_arrays_uint8_and_bytes():
+    images = np.stack([random_image(i) for i in range(7)])
+    captions = [f"thing {i}" for i in range(7)]
+    ds = data.from_arrays(images, captions, hash_tokenizer, 3, image_size=SIZE)
+    batches, count = collect(ds)
+    assert count == 7 and [b["images"].shape[0] for b in batches] == [3, 3, 1]
+    encoded = [encode(i, "PNG") for i in images]
+    ds2 = data.from_arrays(encoded, captions, hash_tokenizer, 3, image_size=SIZE)
+    for a, b in zip(batches, ds2):  # PNG is lossless: same pixels, same order
+        np.testing.assert_allclose(a["images"], b["images"], atol=1e-5)
+        np.testing.assert_array_equal(a["token_ids"], b["token_ids"])
+    with pytest.raises(ValueError, match="uint8 array"):
+        data.from_arrays(images.astype(np.float32), captions, hash_tokenizer, 3)
+
+
+def test_all_bad_source_raises(tmp_path):
+    with pytest.raises(ValueError, match="Every image listed"):
+        data.from_csv(write_csv(tmp_path, {"m": (None, b"x")}), hash_tokenizer, 2)
+    ds = data.from_arrays([b"junk", b""], ["a", "b"], hash_tokenizer, 2)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="Every sample"):
+        list(ds)
+
+
+def test_decode_formats_match_pil():
+    rgba = random_image(1).copy()
+    alpha = np.random.default_rng(2).integers(0, 256, (24, 20, 1), np.uint8)
+    rgba = np.concatenate([rgba, alpha], axis=-1)
+    expected = rgba[..., :3] * (alpha / 255.0) + 255.0 * (1 - alpha / 255.0)
+    out = data.decode_image(encode(rgba, "PNG")).numpy()
+    np.testing.assert_allclose(out, np.round(expected), atol=1)
+    gray = random_image(3)[..., 0]
+    out = data.decode_image(encode(gray, "PNG")).numpy()
+    np.testing.assert_array_equal(out, np.repeat(gray[..., None], 3, axis=-1))
+    frames = [Image.new("RGB", (8, 8), c) for c in ((255, 0, 0), (0, 0, 255))]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:])
+    out = data.decode_image(buffer.getvalue()).numpy()
+    assert out.shape == (8, 8, 3) and tuple(out[0, 0]) == (255, 0, 0)
+    bmp = random_image(4)
+    np.testing.assert_array_equal(data.decode_image(encode(bmp, "BMP")), bmp)
+
+
+def test_seeded_pipelines_are_deterministic():
+    images = np.stack([random_image(i, 40, 30) for i in range(12)])
+    captions = [f"thing {i}" for i in range(12)]
+
+    def first_epoch(seed):
+        ds = data.from_arrays(images, captions, hash_tokenizer, 4, image_size=SIZE,
+                              training=True, seed=seed, rotation=10.0)
+        return [b["images"].numpy() for b in ds]
+
+    a, b, c = first_epoch(5), first_epoch(5), first_epoch(6)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    assert not np.allclose(a[0], c[0])
+
+
+@pytest.mark.parametrize("source", ["arrays", "webdataset"])
+def test_sharding_partitions_the_data(tmp_path, source):
+    n, num_shards = 10, 3
+    captions = [f"item{i}" for i in range(n)]
+    images = np.stack([random_image(i) for i in range(n)])
+    samples = {c: (encode(im, "PNG"), c.encode()) for c, im in zip(captions, images)}
+    seen = []
+    for index in range(num_shards):
+        kwargs = dict(num_shards=num_shards, shard_index=index, image_size=SIZE,
+                      keep_captions=True)
+        if source == "arrays":
+            ds = data.from_arrays(images, captions, hash_tokenizer, 4, **kwargs)
+        else:
+            shards = write_shards(tmp_path, samples, num_shards=4)
+            ds = data.from_webdataset(shards, hash_tokenizer, 4, **kwargs)
+        seen.append({c.decode() for b in ds for c in b["captions"].numpy()})
+    assert set().union(*seen) == set(captions)
+    assert sum(len(s) for s in seen) == n
+    with pytest.raises(ValueError, match="shard_index"):
+        data.from_arrays(images, captions, hash_tokenizer, 4, num_shards=2,
+                         shard_index=2)
+
+
+def test_expand_braces():
+    assert data.expand_braces("s/{000..002}.tar") == [
+        "s/000.tar", "s/001.tar", "s/002.tar"]
+    assert data.expand_braces("{a,b}-{1..2}") == ["a-1", "a-2", "b-1", "b-2"]
+
+
+class TinyClip(keras.Model):
+    """A two-tower stand-in: pooled image and mean word embeddings."""
+
+    def __init__(self):
+        super().__init__()
+        self.pool = keras.layers.GlobalAveragePooling2D()
+        self.image_proj = keras.layers.Dense(8)
+        self.embed = keras.layers.Embedding(1003, 8)
+        self.text_proj = keras.layers.Dense(8)
+
+    def call(self, inputs):
+        x = self.image_proj(self.pool(inputs["images"]))  # (B, 8)
+        t = self.text_proj(keras.ops.mean(self.embed(inputs["token_ids"]), axis=1))
+        return keras.ops.matmul(x, keras.ops.transpose(t))  # (B, B)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None,
+                     training=True):
+        labels = keras.ops.arange(keras.ops.shape(y_pred)[0])
+        return keras.ops.mean(keras.losses.sparse_categorical_crossentropy(
+            labels, y_pred, from_logits=True))
+
+
+def test_fit_consumes_batches_and_logs_skips(tmp_path):
+    samples, expected = good_and_bad_samples()
+    ds = data.from_csv(write_csv(tmp_path, samples, "\t"), hash_tokenizer, 4,
+                       image_size=SIZE, training=True, seed=0)
+    model = TinyClip()
+    model.compile(optimizer="adam")
+    history = model.fit(ds, epochs=2, verbose=0, shuffle=False,
+                        callbacks=[data.SkipCountLogger(ds.skip_counter)])
+    assert np.isfinite(history.history["loss"]).all()
+    skipped = sum(v for k, v in expected.items() if k != "ok")
+    assert history.history["skipped_samples"] == [skipped, skipped]
+    assert ds.skip_counter.num_passes == 2
+
+
+def test_counter_is_single_use():
+    counter = data.SkipCounter("mine")
+    images = np.stack([random_image(0)])
+    data.from_arrays(images, ["x"], hash_tokenizer, 1, counter=counter)
+    with pytest.raises(ValueError, match="fresh `SkipCounter`"):
+        data.from_arrays(images, ["x"], hash_tokenizer, 1, counter=counter)
+    assert data_pipeline.REASONS[-1] == "decode_error"
+
+
+def test_pretokenized_matches_tokenizer():
+    captions = ["a red dog", "A red dog", "a red dog", b"\xff bad", "", "cat"]
+    lookup = data.pretokenized(hash_tokenizer, captions)
+    texts = tf.constant(["cat", "a red dog", "never seen"])
+    expected = hash_tokenizer(texts).numpy()
+    expected[2] = 0  # unknown captions map to zeros
+    np.testing.assert_array_equal(lookup(texts), expected)
+    images = np.stack([random_image(i) for i in range(6)])
+    slow = data.from_arrays(images, captions, hash_tokenizer, 6, image_size=SIZE,
+                            pretokenize=False)
+    fast = data.from_arrays(images, captions, hash_tokenizer, 6, image_size=SIZE)
+    a, b = next(iter(slow)), next(iter(fast))
+    np.testing.assert_array_equal(a["token_ids"], b["token_ids"])
