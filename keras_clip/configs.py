@@ -15,6 +15,7 @@ OPENAI_IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
 
 VISION_TYPES = ("vit", "resnet")
 ACTIVATIONS = ("quick_gelu", "gelu")
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +57,8 @@ class CLIPConfig:
     # Preprocessing the model expects (carried so a saved model is complete).
     image_mean: tuple = OPENAI_IMAGE_MEAN
     image_std: tuple = OPENAI_IMAGE_STD
+    # Resize filter of the evaluation transform (OpenAI and open_clip: bicubic).
+    image_interpolation: str = "bicubic"
 
     def __post_init__(self):
         if self.vision not in VISION_TYPES:
@@ -67,6 +70,11 @@ class CLIPConfig:
             raise ValueError(
                 f"`activation` must be one of {ACTIVATIONS}. "
                 f"Received: activation={self.activation!r}"
+            )
+        if self.image_interpolation not in INTERPOLATIONS:
+            raise ValueError(
+                f"`image_interpolation` must be one of {INTERPOLATIONS}. "
+                f"Received: image_interpolation={self.image_interpolation!r}"
             )
         if self.vision == "vit":
             if not isinstance(self.vision_layers, int):

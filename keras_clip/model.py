@@ -244,6 +244,28 @@ class CLIPModel(keras.Model):
 
     # ---- inference --------------------------------------------------------
 
+    def preprocess(self, images):
+        """Model inputs from images of any size, with this model's settings.
+
+        Resizes the shorter side (Pillow, `config.image_interpolation`),
+        center-crops to `config.image_size` and normalises with
+        `config.image_mean` / `image_std`, exactly as open_clip's evaluation
+        transform does.
+
+        Args:
+            images: a list of file paths, PIL images or uint8 arrays
+                `(H, W, C)`, or a uint8 array `(N, H, W, C)`.
+
+        Returns:
+            float32 NumPy array `(N, image_size, image_size, 3)`.
+        """
+        from keras_clip.preprocess import preprocess_images
+
+        c = self.config
+        return preprocess_images(
+            images, c.image_size, c.image_mean, c.image_std, c.image_interpolation
+        )
+
     def encode_image(self, images, normalize=True, training=False):
         """Image embeddings `(B, embed_dim)`, unit length by default.
 

@@ -202,10 +202,11 @@ def test_huggingface_parity(legacy_eos, tmp_path):
         reference.save_pretrained(tmp_path)
         mean, std = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
         with open(tmp_path / "preprocessor_config.json", "w") as f:
-            json.dump({"image_mean": mean, "image_std": std}, f)
+            json.dump({"image_mean": mean, "image_std": std, "resample": 2}, f)
         loaded = convert.from_huggingface(tmp_path)
         assert loaded.config.image_mean == tuple(mean)
         assert loaded.config.image_std == tuple(std)
+        assert loaded.config.image_interpolation == "bilinear"  # PIL code 2
         np.testing.assert_array_equal(
             _numpy(loaded.encode_text(tokens)), _numpy(model.encode_text(tokens)))
 
@@ -252,13 +253,14 @@ def test_file_formats_give_the_same_weights(vit, tmp_path):
     save_file({k: v.contiguous() for k, v in state.items()}, hub / "open_clip_model.safetensors")
     model_cfg = convert.open_clip_model_config(expected.config)
     with open(hub / "open_clip_config.json", "w") as f:
-        json.dump({"model_cfg": model_cfg, "preprocess_cfg": {"mean": [0.5] * 3, "std": [0.25] * 3}}, f)
+        json.dump({"model_cfg": model_cfg, "preprocess_cfg": {"mean": [0.5] * 3, "std": [0.25] * 3, "interpolation": "bilinear"}}, f)
     for source in ("m.safetensors", "m.pt", "epoch_3.pt", "hub"):
         activation = None if source == "hub" else "quick_gelu"
         model = convert.from_open_clip(tmp_path / source, activation=activation)
         for a, b in zip(expected.weights, model.weights):
             np.testing.assert_array_equal(_numpy(a), _numpy(b), err_msg=f"{source}: {a.path}")
     assert model.config.image_mean == (0.5,) * 3
+    assert model.config.image_interpolation == "bilinear"
     assert model.config.activation == "quick_gelu"
 
 

@@ -16,6 +16,7 @@ FREE_FIELDS = (
     "eot_token_id",
     "image_mean",
     "image_std",
+    "image_interpolation",
     "logit_scale_init",
     "logit_scale_max",
     "activation",

@@ -282,6 +282,10 @@ def from_huggingface(path_or_model, tokenizer=None, **overrides):
     for key in ("mean", "std"):
         if preprocess.get(f"image_{key}"):
             fields[f"image_{key}"] = tuple(preprocess[f"image_{key}"])
+    # PIL resampling codes, as transformers' image processors store them.
+    resample = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic"}
+    if preprocess.get("resample") in resample:
+        fields["image_interpolation"] = resample[preprocess["resample"]]
     fields = common.apply_overrides(fields, overrides)
     config = configs.CLIPConfig(**fields)
     model = common.build_model(config, tokenizer)

@@ -231,6 +231,8 @@ def from_open_clip(
         for key in ("mean", "std"):
             if preprocess.get(key):
                 fields[f"image_{key}"] = tuple(preprocess[key])
+        if preprocess.get("interpolation") in configs.INTERPOLATIONS:
+            fields["image_interpolation"] = preprocess["interpolation"]
     config_activation = None
     if config is not None and "quick_gelu" in config:
         config_activation = "quick_gelu" if config["quick_gelu"] else "gelu"
