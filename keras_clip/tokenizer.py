@@ -25,6 +25,22 @@ _OPENAI_BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"
 _OPENAI_NUM_MERGES = 49152 - 256 - 2
 
 
+class _TrainOnClassOnly:
+    """`CLIPTokenizer.train(captions, ...)` on the class learns a vocabulary.
+
+    On an instance `train` stays the parent's: under the torch backend every
+    Keras layer is a `torch.nn.Module`, and Keras's torch trainer calls
+    `module.train(True)` / `.eval()` on each sublayer of a model, a
+    tokenizer included. A plain classmethod named `train` would hijack those
+    calls and break `fit` for any model carrying a tokenizer.
+    """
+
+    def __get__(self, instance, owner):
+        if instance is None:
+            return owner.train_from_captions
+        return super(CLIPTokenizer, instance).train
+
+
 def _is_tf_tensor(inputs):
     tf = sys.modules.get("tensorflow")
     if tf is None:
@@ -182,10 +198,12 @@ class CLIPTokenizer(keras.layers.Layer):
         return cls(merges=merges, context_length=context_length, **kwargs)
 
     @classmethod
-    def train(
+    def train_from_captions(
         cls, captions, vocabulary_size=8192, context_length=77, **kwargs
     ):
         """Learns a CLIP-format BPE vocabulary from captions.
+
+        Also reachable as `CLIPTokenizer.train(captions, ...)` on the class.
 
         Args:
             captions: iterable of str.
@@ -231,6 +249,8 @@ class CLIPTokenizer(keras.layers.Layer):
                 stacklevel=2,
             )
         return cls(merges=merges, context_length=context_length, **kwargs)
+
+    train = _TrainOnClassOnly()
 
     def set_vocabulary(self, vocabulary, merges):
         """Sets the vocabulary (list or `None` for CLIP's layout) and merges."""

@@ -111,3 +111,19 @@ def test_model_carries_its_tokenizer(tmp_path):
     ids = loaded.tokenizer(["a blue circle", "two red squares"])
     np.testing.assert_array_equal(ids, tokenizer(["a blue circle", "two red squares"]))
     np.testing.assert_allclose(to_np(loaded.encode_text(ids)), to_np(model.encode_text(ids)), atol=1e-6)
+
+
+def test_model_with_tokenizer_fits_and_evaluates():
+    # Under torch, Keras calls module.train(True) / .eval() on every
+    # sublayer, the tokenizer included; CLIPTokenizer.train must not hijack it.
+    tokenizer = keras_clip.CLIPTokenizer.train(["a red circle", "a blue square"] * 3, vocabulary_size=530, context_length=16)
+    model = keras_clip.CLIPModel.from_preset(
+        "tiny-vit", tokenizer=tokenizer, vocabulary_size=tokenizer.vocabulary_size, eot_token_id=tokenizer.eot_token_id
+    )
+    images, _ = synthetic_pairs(model.config, 4)
+    ids = tokenizer(["a red circle", "a blue square", "a red square", "a blue circle"])
+    model.compile(optimizer="adam")
+    logs = model.fit({"images": images, "token_ids": ids}, batch_size=4, epochs=1, verbose=0).history
+    assert np.isfinite(logs["loss"]).all()
+    assert set(model.evaluate({"images": images, "token_ids": ids}, batch_size=4, verbose=0, return_dict=True)) >= {"loss", "i2t_accuracy"}
+    assert model.predict({"images": images, "token_ids": ids}, batch_size=4, verbose=0)["logits_per_image"].shape == (4, 4)
