@@ -13,8 +13,12 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 # Re-install when the dependency list changes.
+# clip-benchmark is data only for us (class names, prompt templates) and a
+# test reference; its own requirements (scikit-learn, pycocoevalcap, ...)
+# are not needed, hence --no-deps.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet --no-deps clip-benchmark==1.6.2
 	touch $@
 
 install: $(VENV)/.installed

@@ -10,6 +10,8 @@ from keras_clip.losses import clip_logits, contrastive_loss
 from keras_clip.model import CLIPModel
 from keras_clip.optimizers import WarmupCosineDecay, make_optimizer
 from keras_clip.tokenizer import CLIPTokenizer
+from keras_clip.zero_shot import ZeroShotClassifier
+from keras_clip.callbacks import RetrievalEvaluation, ZeroShotEvaluation
 
 __version__ = "0.1.0"
 
@@ -17,7 +19,10 @@ __all__ = [
     "CLIPConfig",
     "CLIPModel",
     "CLIPTokenizer",
+    "RetrievalEvaluation",
     "WarmupCosineDecay",
+    "ZeroShotClassifier",
+    "ZeroShotEvaluation",
     "clip_logits",
     "contrastive_loss",
     "get_preset",
