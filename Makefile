@@ -5,6 +5,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 BACKENDS := tensorflow jax torch
+# pytest-xdist workers; whole files go to one worker (module fixtures reused).
+PYTEST_WORKERS ?= 2
 
 .PHONY: demo test install clean
 
@@ -32,7 +34,8 @@ test: $(VENV)/.installed
 	@status=0; \
 	for backend in $(BACKENDS); do \
 		echo "=== KERAS_BACKEND=$$backend ==="; \
-		KERAS_BACKEND=$$backend $(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) \
+		KERAS_BACKEND=$$backend $(BIN)/python -m pytest -q -p no:cacheprovider \
+			-n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS) \
 			|| { echo "=== $$backend FAILED ==="; status=1; }; \
 	done; \
 	exit $$status

@@ -20,6 +20,17 @@ os.environ.setdefault(
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 
+# Under pytest-xdist (`make test` runs 2 workers on this 2-core machine) each
+# worker computes on one thread: two workers each spinning two threads run
+# several times slower than one each (DESIGN.md section 4, threads).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for name in ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
+        os.environ.setdefault(name, "1")
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "")
+        + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+    ).strip()
+
 # PyPI's torchvision is a CUDA build that fails to import beside the CPU
 # torch (`operator torchvision::nms does not exist`). An empty
 # `_meta_registrations` module lets torchvision's Python parts, timm and
