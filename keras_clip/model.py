@@ -332,9 +332,10 @@ class CLIPModel(keras.Model):
         Args:
             optimizer: an optimizer; see `keras_clip.make_optimizer` for the
                 paper's AdamW with warm-up + cosine schedule.
-            exclude_from_weight_decay: as the paper and open_clip do, no
-                decay on gains, biases, embeddings or the temperature. Applied
-                again on every `compile`, so it survives `load_model`.
+            exclude_from_weight_decay: no decay on gains, biases, embeddings
+                or the temperature (open_clip's trainer does decay the 2-D
+                token and positional embeddings). Applied again on every
+                `compile`, so it survives `load_model`.
             **kwargs: passed to `keras.Model.compile` (e.g. `jit_compile`,
                 `steps_per_execution`).
         """
@@ -377,7 +378,9 @@ class CLIPModel(keras.Model):
         if not config:
             return config
         optimizer = config.get("optimizer")
-        if isinstance(optimizer, dict):
+        if isinstance(optimizer, dict) and str(
+            optimizer.get("module", "")
+        ).startswith("keras.src.backend."):
             # Under torch, Keras instantiates backend-private optimizer
             # subclasses (keras.src.backend.torch.optimizers...). Record the
             # public class so the file loads and trains on every backend.

@@ -127,3 +127,17 @@ def test_model_with_tokenizer_fits_and_evaluates():
     assert np.isfinite(logs["loss"]).all()
     assert set(model.evaluate({"images": images, "token_ids": ids}, batch_size=4, verbose=0, return_dict=True)) >= {"loss", "i2t_accuracy"}
     assert model.predict({"images": images, "token_ids": ids}, batch_size=4, verbose=0)["logits_per_image"].shape == (4, 4)
+
+
+@keras.saving.register_keras_serializable(package="keras_clip_tests")
+class SlowSGD(keras.optimizers.SGD):
+    """A user's own optimizer class: saving must keep naming it."""
+
+
+def test_users_optimizer_class_survives_saving(tmp_path):
+    model = keras_clip.CLIPModel.from_preset("tiny-vit")
+    model.compile(optimizer=SlowSGD(learning_rate=0.01))
+    assert model.get_compile_config()["optimizer"]["module"] == __name__
+    path = str(tmp_path / "custom.keras")
+    model.save(path)
+    assert isinstance(keras.saving.load_model(path).optimizer, SlowSGD)
