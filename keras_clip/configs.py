@@ -232,6 +232,21 @@ PRESETS = {
         text_heads=2,
         text_layers=2,
     ),
+    # The demo's model: a small modified ResNet (2x2 final map at 64 px)
+    # and a 2-layer text transformer; vocabulary from the training captions.
+    "demo-resnet": CLIPConfig(
+        embed_dim=128,
+        vision="resnet",
+        image_size=64,
+        vision_width=16,
+        vision_layers=(1, 1, 1, 1),
+        vision_heads=4,
+        context_length=32,
+        vocabulary_size=2000,
+        text_width=128,
+        text_heads=4,
+        text_layers=2,
+    ),
     "tiny-resnet": CLIPConfig(
         embed_dim=32,
         vision="resnet",

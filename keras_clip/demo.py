@@ -1,0 +1,170 @@
+"""The main job: train a small CLIP on Twemoji, then test it zero-shot.
+
+Trains on the Twemoji training split (captions are the emoji names), with a
+BPE vocabulary learnt from the training captions only, for a fixed time
+budget; then classifies (a) the held-out concepts' images among the held-out
+captions and (b) every emoji drawn in the unseen Noto style among all
+captions, without any training image of either. Application code: the CLI
+(`keras-clip demo`) turns flags into these arguments.
+"""
+
+import json
+import math
+import os
+import time
+
+import keras
+import numpy as np
+
+from keras_clip import data, zero_shot
+from keras_clip.datasets import emoji
+from keras_clip.model import CLIPModel
+from keras_clip.optimizers import make_optimizer
+from keras_clip.tokenizer import CLIPTokenizer
+
+# The template the captions were trained with: the bare emoji name.
+BARE = ["{}"]
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """Stops `fit` at the end of the batch that passes `seconds`."""
+
+    def __init__(self, seconds):
+        super().__init__()
+        self.seconds = seconds
+
+    def on_train_begin(self, logs=None):
+        self.start = time.time()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if time.time() - self.start > self.seconds:
+            self.model.stop_training = True
+
+
+def build_model(tokenizer, image_size, preset, **overrides):
+    """A small CLIP whose text tower fits `tokenizer`."""
+    return CLIPModel.from_preset(
+        preset,
+        tokenizer=tokenizer,
+        image_size=image_size,
+        vocabulary_size=tokenizer.vocabulary_size,
+        eot_token_id=tokenizer.eot_token_id,
+        context_length=tokenizer.context_length,
+        **overrides,
+    )
+
+
+def zero_shot_scores(model, images, captions):
+    """Top-1 / top-5 of each image among `captions` (its own is the label)."""
+    probs = zero_shot.classify(model, images, captions, templates=BARE)
+    labels = np.arange(len(captions))
+    return {
+        "top1": zero_shot.accuracy(probs, labels, k=1),
+        "top5": zero_shot.accuracy(probs, labels, k=5),
+        "classes": len(captions),
+        "chance_top1": 1.0 / len(captions),
+    }
+
+
+def run(
+    output_dir="outputs/demo",
+    minutes=8.0,
+    epochs=12,
+    batch_size=128,
+    image_size=64,
+    vocabulary_size=2000,
+    learning_rate=2e-3,
+    preset="demo-resnet",
+    seed=0,
+):
+    """Trains, evaluates, saves; returns the metrics dict."""
+    keras.utils.set_random_seed(seed)
+    train = emoji.load_twemoji(image_size=image_size, split="train", seed=seed)
+    heldout = emoji.load_twemoji(image_size=image_size, split="heldout", seed=seed)
+    longest = max(len(c.split()) for c in train.captions)
+    tokenizer = CLIPTokenizer.train(
+        train.captions,
+        vocabulary_size=vocabulary_size,
+        context_length=max(16, 2 * longest + 4),
+    )
+    model = build_model(tokenizer, image_size, preset)
+    steps = len(train) // batch_size
+    model.compile(
+        optimizer=make_optimizer(
+            model,
+            total_steps=epochs * steps,
+            learning_rate=learning_rate,
+            warmup_steps=min(50, steps),
+            weight_decay=0.1,
+        )
+    )
+    ds = data.from_arrays(
+        train.images,
+        train.captions,
+        tokenizer,
+        batch_size,
+        shuffle_buffer=len(train),
+        image_size=image_size,
+        training=True,
+        crop_scale=(0.8, 1.0),
+        rotation=10.0,
+        seed=seed,
+    )
+    print(
+        f"Training {preset} ({model.count_params():,} parameters, "
+        f"{keras.backend.backend()}) on {len(train):,} Twemoji pairs, "
+        f"vocabulary {tokenizer.vocabulary_size:,}, at most {minutes:g} min"
+    )
+    start = time.time()
+    history = model.fit(
+        ds,
+        epochs=epochs,
+        verbose=2,
+        callbacks=[TimeBudget(60 * minutes)],
+    )
+    seconds = time.time() - start
+    metrics = {
+        "backend": keras.backend.backend(),
+        "train_seconds": seconds,
+        "train_pairs": len(train),
+        "epochs": len(history.history["loss"]),
+        "heldout": zero_shot_scores(model, heldout.images, heldout.captions),
+    }
+    try:
+        noto = emoji.load_noto_emoji(image_size=image_size, split="all", seed=seed)
+        metrics["noto"] = zero_shot_scores(model, noto.images, noto.captions)
+    except FileNotFoundError as error:
+        metrics["noto"] = None
+        print(f"Skipping the unseen-style test: {error}")
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, "clip.keras")
+    model.save(path)
+    with open(os.path.join(output_dir, "metrics.json"), "w") as f:
+        json.dump({**metrics, "history": history.history}, f, indent=2, default=float)
+    report(metrics, path)
+    return metrics
+
+
+def report(metrics, path):
+    def row(name, m):
+        if m is None:
+            return f"| {name} | not run | | |"
+        return (
+            f"| {name} | {m['classes']:,} | {m['top1']:.3f} / {m['top5']:.3f} "
+            f"| {m['chance_top1']:.4f} |"
+        )
+
+    print()
+    print(
+        f"Trained {metrics['epochs']} epochs in {metrics['train_seconds'] / 60:.1f} min "
+        f"on {metrics['backend']}."
+    )
+    print("| zero-shot test | classes | top-1 / top-5 | chance top-1 |")
+    print("|---|---:|---:|---:|")
+    print(row("held-out concepts (Twemoji)", metrics["heldout"]))
+    print(row("unseen style (Noto, all concepts)", metrics["noto"]))
+    print(f"\nSaved {path} (model + tokenizer) and metrics.json beside it.")
+    print(
+        "Classify new images: model = keras.saving.load_model(path); "
+        "keras_clip.zero_shot.classify(model, uint8_images, labels)"
+    )
