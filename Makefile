@@ -25,7 +25,13 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 install: $(VENV)/.installed
 
+# The unseen-style test renders Noto Color Emoji (Debian package); install it
+# where we can (root + apt), and run without it (a note says so) elsewhere.
+NOTO := /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf
 demo: $(VENV)/.installed
+	@[ -f $(NOTO) ] || [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null \
+		|| (apt-get update -qq && apt-get install -y -qq fonts-noto-color-emoji) >/dev/null 2>&1 \
+		|| echo "note: fonts-noto-color-emoji not installed; the Noto test will be skipped"
 	$(BIN)/keras-clip demo $(DEMO_ARGS)
 
 # One pytest run per backend; every backend runs even if one fails, and
