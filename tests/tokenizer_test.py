@@ -107,33 +107,6 @@ def _caption(rng):
 
 
 def make_corpus(size=2400, seed=0):
-    """Returns `size` strings: captions, fragments, noise, long texts."""
-    rng = random.Random(seed)
-    corpus = ["", " ", "\n\t ", "a", "A"] + list(_FRAGMENTS)
-    joiners = [" ", "", "  ", "\t", "\n", ", ", " & ", "&"]
-    while len(corpus) < size:
-        kind = rng.random()
-        if kind < 0.3:
-            text = _caption(rng)
-        elif kind < 0.55:
-            parts = [rng.choice(_FRAGMENTS) for _ in range(rng.randint(1, 4))]
-            text = rng.choice(joiners).join(parts)
-        elif kind < 0.7:
-            text = _caption(rng) + rng.choice(joiners) + rng.choice(_FRAGMENTS)
-        elif kind < 0.85:
-            text = _random_unicode(rng)
-        elif kind < 0.95:
-            text = _mixed_case(rng, _caption(rng) + " " + rng.choice(_FRAGMENTS))
-        else:  # far longer than 77 tokens
-            parts = [_caption(rng) for _ in range(rng.randint(8, 20))]
-            parts += [rng.choice(_FRAGMENTS) for _ in range(5)]
-            rng.shuffle(parts)
-            text = " ".join(parts)
-        corpus.append(text)
-    return corpus[:size]
-
-
-def make_corpus(size=2400, seed=0):
     """`size` deterministic strings: captions, fragments, noise, long text."""
     rng = random.Random(seed)
     corpus = ["", " ", "\n\t ", "a", "A"] + list(_FRAGMENTS)
