@@ -22,7 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BACKENDS = ("tensorflow", "jax", "torch")
 
 
-def worker(preset, batch_size, steps, threads):
+def worker(preset, batch_size, steps, threads, image_size=None):
     import time
 
     import keras
@@ -41,7 +41,8 @@ def worker(preset, batch_size, steps, threads):
         tf.config.threading.set_inter_op_parallelism_threads(threads)
 
     keras.utils.set_random_seed(0)
-    model = keras_clip.CLIPModel.from_preset(preset)
+    overrides = {"image_size": image_size} if image_size else {}
+    model = keras_clip.CLIPModel.from_preset(preset, **overrides)
     c = model.config
     rng = np.random.default_rng(0)
     images = rng.standard_normal((batch_size, c.image_size, c.image_size, 3)).astype("float32")
@@ -75,15 +76,17 @@ def main():
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--image-size", type=int, default=None, help="override the presets' image size")
+    parser.add_argument("--backends", nargs="+", default=list(BACKENDS))
     parser.add_argument("--worker", nargs=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        result = worker(args.worker[0], args.batch_size, args.steps, args.threads)
+        result = worker(args.worker[0], args.batch_size, args.steps, args.threads, args.image_size)
         print("RESULT " + json.dumps(result))
         return
     rows = []
     for preset in args.presets:
-        for backend in BACKENDS:
+        for backend in args.backends:
             env = dict(
                 os.environ,
                 KERAS_BACKEND=backend,
@@ -91,6 +94,8 @@ def main():
                 JAX_THREEFRY_PARTITIONABLE="false",
             )
             cmd = [sys.executable, __file__, "--worker", preset, "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--threads", str(args.threads)]
+            if args.image_size:
+                cmd += ["--image-size", str(args.image_size)]
             proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
             line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
             if proc.returncode or not line:
@@ -100,7 +105,8 @@ def main():
             rows.append((preset, backend, json.loads(line[0][7:])))
     print(f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"Python {platform.python_version()}; batch {args.batch_size}, {args.steps} steps, "
-          f"{args.threads} threads, float32")
+          f"{args.threads} threads, float32"
+          + (f", {args.image_size} px" if args.image_size else ""))
     print()
     print("| preset | backend | params | first step (s) | median step (ms) | pairs/s |")
     print("|---|---|---:|---:|---:|---:|")

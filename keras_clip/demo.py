@@ -17,6 +17,7 @@ import keras
 import numpy as np
 
 from keras_clip import data, zero_shot
+from keras_clip.callbacks import ZeroShotEvaluation
 from keras_clip.datasets import emoji
 from keras_clip.model import CLIPModel
 from keras_clip.optimizers import make_optimizer
@@ -76,6 +77,12 @@ def run(
     learning_rate=2e-3,
     preset="demo-resnet",
     seed=0,
+    weight_decay=0.1,
+    warmup_steps=50,
+    crop_scale=(0.8, 1.0),
+    rotation=10.0,
+    model_overrides=None,
+    monitor_every=2,
 ):
     """Trains, evaluates, saves; returns the metrics dict."""
     keras.utils.set_random_seed(seed)
@@ -87,15 +94,15 @@ def run(
         vocabulary_size=vocabulary_size,
         context_length=max(16, 2 * longest + 4),
     )
-    model = build_model(tokenizer, image_size, preset)
+    model = build_model(tokenizer, image_size, preset, **(model_overrides or {}))
     steps = len(train) // batch_size
     model.compile(
         optimizer=make_optimizer(
             model,
             total_steps=epochs * steps,
             learning_rate=learning_rate,
-            warmup_steps=min(50, steps),
-            weight_decay=0.1,
+            warmup_steps=min(warmup_steps, steps),
+            weight_decay=weight_decay,
         )
     )
     ds = data.from_arrays(
@@ -106,8 +113,8 @@ def run(
         shuffle_buffer=len(train),
         image_size=image_size,
         training=True,
-        crop_scale=(0.8, 1.0),
-        rotation=10.0,
+        crop_scale=crop_scale,
+        rotation=rotation,
         seed=seed,
     )
     print(
@@ -120,7 +127,17 @@ def run(
         ds,
         epochs=epochs,
         verbose=2,
-        callbacks=[TimeBudget(60 * minutes)],
+        callbacks=[
+            TimeBudget(60 * minutes),
+            ZeroShotEvaluation(
+                heldout.images,
+                np.arange(len(heldout)),
+                heldout.captions,
+                templates=BARE,
+                every_n_epochs=monitor_every,
+                name="heldout",
+            ),
+        ],
     )
     seconds = time.time() - start
     metrics = {

@@ -1,0 +1,273 @@
+"""`keras-clip`: train, evaluate and use CLIP models on any Keras backend.
+
+commands:
+  train      train a CLIP on image-caption data; resumes from its output folder
+  eval       zero-shot classification, retrieval or linear-probe evaluation
+  embed      images or texts -> .npy embeddings (inputs listed beside them)
+  demo       the main job: train on Twemoji, test zero-shot on unseen concepts
+             and on the unseen Noto art style
+  convert    an OpenAI / open_clip / Hugging Face checkpoint -> .keras
+
+`--backend` (before the command) or $KERAS_BACKEND picks the backend.
+`keras-clip COMMAND --help` documents every option of a command.
+"""
+
+# A top-level module, outside the `keras_clip` package: parsing (and
+# `--help`) must not import Keras, and the backend must be chosen before it is.
+
+import argparse
+import os
+import sys
+
+
+def _configure_environment(backend, argv):
+    """Sets the backend and quiet, offline defaults for this process.
+
+    Keras fixes its backend when first imported; if it already was (`main`
+    called from Python), a different `--backend` re-executes the command.
+    """
+    if backend and os.environ.get("KERAS_BACKEND") != backend:
+        os.environ["KERAS_BACKEND"] = backend
+        if "keras" in sys.modules:
+            os.execv(sys.executable, [sys.executable, "-m", "keras_clip_cli", *argv])
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # JAX on CPU: the partitionable threefry kernels take seconds each to
+    # compile (one per weight shape); see README "JAX on CPU".
+    if "JAX_THREEFRY_PARTITIONABLE" not in os.environ:
+        os.environ["JAX_THREEFRY_PARTITIONABLE"] = "false"
+        if "jax" in sys.modules:
+            sys.modules["jax"].config.update("jax_threefry_partitionable", False)
+
+
+def demo(args):
+    from keras_clip import demo as demo_app
+
+    demo_app.run(
+        output_dir=args.output_dir,
+        minutes=args.minutes,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        image_size=args.image_size,
+        vocabulary_size=args.vocabulary_size,
+        learning_rate=args.learning_rate,
+        preset=args.preset,
+        seed=args.seed,
+    )
+    return 0
+
+
+def _floats(text):
+    return tuple(float(v) for v in text.split(","))
+
+
+def train(args):
+    from keras_clip import app
+
+    metrics = app.run_train(
+        args.train_data,
+        args.output_dir,
+        preset=args.preset,
+        config=args.config,
+        dataset_type_name=args.dataset_type,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        warmup_steps=args.warmup,
+        weight_decay=args.wd,
+        precision=args.precision,
+        image_size=args.image_size,
+        tokenizer=args.tokenizer,
+        vocabulary_size=args.vocabulary_size,
+        train_num_samples=args.train_num_samples,
+        crop_scale=args.crop_scale,
+        rotation=args.rotation,
+        csv_img_key=args.csv_img_key,
+        csv_caption_key=args.csv_caption_key,
+        csv_separator=args.csv_separator,
+        val_data=args.val_data,
+        val_every=args.val_every,
+        seed=args.seed,
+        resume=not args.restart,
+        verbose=1 if sys.stdout.isatty() else 2,
+    )
+    return 0 if metrics["status"] == "complete" else 130
+
+
+def eval_zeroshot(args):
+    from keras_clip import app
+
+    app.run_eval_zeroshot(args.model, args.data, args.output_dir, classnames=args.classnames,
+                          templates=args.templates, batch_size=args.batch_size)
+    return 0
+
+
+def eval_retrieval(args):
+    from keras_clip import app
+
+    app.run_eval_retrieval(args.model, args.data, args.output_dir, csv_img_key=args.csv_img_key,
+                           csv_caption_key=args.csv_caption_key, csv_separator=args.csv_separator,
+                           batch_size=args.batch_size)
+    return 0
+
+
+def eval_linear_probe(args):
+    from keras_clip import app
+
+    app.run_eval_linear_probe(args.model, args.train, args.test, args.output_dir, val_dir=args.val,
+                              batch_size=args.batch_size, max_iter=args.max_iter)
+    return 0
+
+
+def embed(args):
+    from keras_clip import app
+
+    app.run_embed(args.model, args.output, images=args.images, texts=args.texts,
+                  batch_size=args.batch_size)
+    return 0
+
+
+def _csv_options(p):
+    p.add_argument("--csv-img-key", default="filepath", help="CSV column of image paths, relative to the CSV's folder (default: filepath).")
+    p.add_argument("--csv-caption-key", default="title", help="CSV column of captions (default: title).")
+    p.add_argument("--csv-separator", default=None, help="CSV separator (default: tab for .tsv/.txt, else comma).")
+
+
+def build_parser():
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(prog="keras-clip", description=__doc__, formatter_class=formatter)
+    parser.add_argument(
+        "--backend",
+        choices=["tensorflow", "jax", "torch"],
+        help="Keras backend (default: $KERAS_BACKEND, else Keras's configured default).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "train",
+        help="Train a CLIP on image-caption data; resumes from --output-dir.",
+        description="Train a CLIP with the symmetric contrastive loss. Writes checkpoint.keras "
+        "(every epoch and on Ctrl-C / SIGTERM), history.csv, training_curves.png, metrics.json and, "
+        "when done, clip.keras into --output-dir. Running the same command again resumes at the "
+        "saved optimizer step; --restart starts over.",
+    )
+    p.add_argument("--train-data", required=True, nargs="+", help="A CSV/TSV (image path + caption), WebDataset .tar shards (list or {000..009} brace pattern), TFRecord files, or 'twemoji' (the embedded emoji set's training split).")
+    p.add_argument("--dataset-type", default="auto", choices=["auto", "csv", "webdataset", "tfrecord", "twemoji"], help="Source kind (default: guessed from the file names).")
+    _csv_options(p)
+    p.add_argument("--train-num-samples", type=int, default=None, help="Samples per epoch; required for WebDataset / TFRecord sources, whose size is unknown up front.")
+    p.add_argument("--output-dir", required=True, help="Folder for checkpoints, logs, figures and the final model.")
+    p.add_argument("--preset", default="tiny-vit", help="Model preset, e.g. tiny-vit, demo-resnet, RN50, ViT-B/32 (default: tiny-vit).")
+    p.add_argument("--config", default=None, help="JSON file of CLIPConfig fields; overrides --preset.")
+    p.add_argument("--image-size", type=int, default=None, help="Image resolution (default: the preset's).")
+    p.add_argument("--tokenizer", default="auto", choices=["auto", "openai", "train"], help="openai: OpenAI's 49,408-token BPE (from an installed open_clip / clip package); train: learn a BPE vocabulary from the training captions; auto: openai for presets with 49,408 tokens, else train.")
+    p.add_argument("--vocabulary-size", type=int, default=8192, help="Vocabulary size with --tokenizer train (default: 8192).")
+    p.add_argument("--epochs", type=int, default=10, help="Total epochs, across resumptions (default: 10).")
+    p.add_argument("--batch-size", type=int, default=128, help="Pairs per step; every pair's negatives are the other pairs of the batch (default: 128).")
+    p.add_argument("--lr", type=float, default=5e-4, help="Peak learning rate of AdamW (default: 5e-4).")
+    p.add_argument("--warmup", type=int, default=100, help="Linear warm-up steps before the cosine decay (default: 100).")
+    p.add_argument("--wd", type=float, default=0.2, help="Decoupled weight decay; not on gains, biases, embeddings or the temperature (default: 0.2).")
+    p.add_argument("--precision", default="float32", choices=["float32", "mixed_bfloat16", "mixed_float16"], help="Keras dtype policy; the loss and temperature stay float32 (default: float32).")
+    p.add_argument("--crop-scale", type=_floats, default=(0.9, 1.0), help="Random-resized-crop area range, as 'low,high' (default: 0.9,1.0).")
+    p.add_argument("--rotation", type=float, default=0.0, help="Largest random rotation in degrees (default: 0).")
+    p.add_argument("--val-data", default=None, help="A CSV of validation pairs: image-text retrieval every --val-every epochs.")
+    p.add_argument("--val-every", type=int, default=1, help="Evaluate every N epochs (default: 1).")
+    p.add_argument("--seed", type=int, default=0, help="Seed of initialisation, shuffling and augmentation (default: 0).")
+    p.add_argument("--restart", action="store_true", help="Ignore an existing checkpoint and start over.")
+    p.set_defaults(func=train)
+
+    p = sub.add_parser("eval", help="Zero-shot, retrieval or linear-probe evaluation of a .keras model.",
+                       description="Evaluate a saved .keras CLIP model. Each task writes metrics.json (and a figure) into --output-dir.")
+    tasks = p.add_subparsers(dest="task", required=True, metavar="TASK")
+    t = tasks.add_parser("zeroshot", help="Zero-shot classification of a class-per-folder image set.",
+                         description="Zero-shot classification: class names -> prompt templates -> text embeddings "
+                         "-> a classifier with no training images. Images come as DATA/<class name>/<image files>. "
+                         "Writes metrics.json (top-1/top-5, per-class accuracy, most confused pairs) and predictions.png.")
+    t.add_argument("--model", required=True, help="A saved .keras CLIP model.")
+    t.add_argument("--data", required=True, help="Folder of class subfolders (folder names are class names, '_' read as space).")
+    t.add_argument("--classnames", default=None, help="Class names instead of the folder names, in sorted-folder order: a .json / .txt file or a clip-benchmark dataset name (e.g. cifar10).")
+    t.add_argument("--templates", default=None, help="simple ('a photo of a {}.', default), imagenet (OpenAI's 80), bare ('{}'), one template with {}, a .json / .txt file, or a clip-benchmark dataset name.")
+    t.add_argument("--batch-size", type=int, default=64, help="Images per encoder call (default: 64).")
+    t.add_argument("--output-dir", default="outputs/eval", help="Where metrics.json and predictions.png go (default: outputs/eval).")
+    t.set_defaults(func=eval_zeroshot)
+    t = tasks.add_parser("retrieval", help="Image-text retrieval recall@1/5/10 on a CSV of pairs.",
+                         description="Image->text and text->image recall@1/5/10 and mean / median rank. Rows sharing "
+                         "an image path are several captions of one image. Writes metrics.json and similarity.png.")
+    t.add_argument("--model", required=True, help="A saved .keras CLIP model.")
+    t.add_argument("--data", required=True, help="CSV/TSV of image paths and captions.")
+    _csv_options(t)
+    t.add_argument("--batch-size", type=int, default=64, help="Images per encoder call (default: 64).")
+    t.add_argument("--output-dir", default="outputs/eval", help="Where metrics.json and similarity.png go (default: outputs/eval).")
+    t.set_defaults(func=eval_retrieval)
+    t = tasks.add_parser("linear-probe", help="Logistic regression on frozen image features.",
+                         description="The paper's linear-probe protocol: L2-regularised logistic regression on frozen "
+                         "image embeddings, the L2 strength swept on a validation split, then refit on train + validation "
+                         "and scored on test. Each split is a class-per-folder image set with the same classes.")
+    t.add_argument("--model", required=True, help="A saved .keras CLIP model.")
+    t.add_argument("--train", required=True, help="Training images, DATA/<class>/<images>.")
+    t.add_argument("--test", required=True, help="Test images, same classes.")
+    t.add_argument("--val", default=None, help="Validation images (default: 20%% of --train, split with a fixed seed).")
+    t.add_argument("--max-iter", type=int, default=1000, help="Optimiser iterations per fit (default: 1000).")
+    t.add_argument("--batch-size", type=int, default=64, help="Images per encoder call (default: 64).")
+    t.add_argument("--output-dir", default="outputs/eval", help="Where metrics.json goes (default: outputs/eval).")
+    t.set_defaults(func=eval_linear_probe)
+
+    p = sub.add_parser("embed", help="Images or texts -> .npy unit embeddings.",
+                       description="Embed images (files or folders, searched recursively) or texts (a file with one text "
+                       "per line, a .json list, or one literal string) with a saved model. Writes OUTPUT.npy (float32, "
+                       "L2-normalised, one row per input) and OUTPUT.txt listing the inputs in row order; unreadable "
+                       "images are reported and left out of both.")
+    p.add_argument("--model", required=True, help="A saved .keras CLIP model.")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--images", nargs="+", help="Image files and / or folders.")
+    what.add_argument("--texts", help="A text file (one per line), a .json list, or a literal string.")
+    p.add_argument("--output", required=True, help="Output .npy path; the listing goes beside it as .txt.")
+    p.add_argument("--batch-size", type=int, default=64, help="Inputs per encoder call (default: 64).")
+    p.set_defaults(func=embed)
+
+    p = sub.add_parser(
+        "demo",
+        help="Train a small CLIP on Twemoji and test it zero-shot on held-out "
+        "concepts and the unseen Noto style.",
+    )
+    p.add_argument("--preset", default="demo-resnet", help="Model preset (default: demo-resnet).")
+    p.add_argument("--minutes", type=float, default=8.0, help="Training time cap in minutes; stops early if reached (default: 8).")
+    p.add_argument("--epochs", type=int, default=12, help="Epochs of warm-up + cosine schedule (default: 12, about 5 min on 2 cores).")
+    p.add_argument("--batch-size", type=int, default=128, help="Pairs per batch (default: 128).")
+    p.add_argument("--image-size", type=int, default=64, help="Image resolution (default: 64).")
+    p.add_argument("--vocabulary-size", type=int, default=2000, help="BPE vocabulary learnt from the training captions (default: 2000).")
+    p.add_argument("--learning-rate", type=float, default=2e-3, help="Peak learning rate (default: 2e-3).")
+    p.add_argument("--seed", type=int, default=0, help="Random seed, also of the concept hold-out (default: 0).")
+    p.add_argument("--output-dir", default="outputs/demo", help="Where clip.keras, metrics.json and the figures go (default: outputs/demo).")
+    p.set_defaults(func=demo)
+    p = sub.add_parser(
+        "convert",
+        add_help=False,
+        help="Convert an OpenAI / open_clip / Hugging Face checkpoint to .keras "
+        "(`keras-clip convert --help` lists its options).",
+    )
+    p.add_argument("args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=convert)
+    return parser
+
+
+def convert(args):
+    from keras_clip.convert import convert_main
+
+    return convert_main(args.args)
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if args.command == "convert":
+        # `convert` parses its own options (and its own --help).
+        args.args = unknown + args.args
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    _configure_environment(args.backend, argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""Resumable training: an interrupted and resumed run equals an uninterrupted one.
+
+Every batch of the test pipeline is the same batch, so the order in which
+batches are drawn cannot matter and the two runs must agree step for step.
+"""
+
+import os
+import signal
+import threading
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_clip
+from keras_clip import training
+
+STEPS_PER_EPOCH = 4
+EPOCHS = 2
+
+
+def batch():
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1, 1000, (8, 16)).astype("int32")
+    ids[:, 6] = 1023  # tiny-vit's end-of-text id
+    ids[:, 7:] = 0
+    images = rng.standard_normal((8, 32, 32, 3)).astype("float32")
+    return {"images": images, "token_ids": ids}
+
+
+def build_model():
+    keras.utils.set_random_seed(1)
+    model = keras_clip.CLIPModel.from_preset("tiny-vit")
+    model.compile(
+        optimizer=keras_clip.make_optimizer(
+            model, total_steps=EPOCHS * STEPS_PER_EPOCH, learning_rate=1e-3, warmup_steps=2
+        )
+    )
+    return model
+
+
+def make_dataset(model, epoch):
+    return tf.data.Dataset.from_tensors(batch()).repeat(STEPS_PER_EPOCH)
+
+
+class InterruptAt(keras.callbacks.Callback):
+    """Sends this process SIGINT (as Ctrl-C would) when step `step` begins."""
+
+    def __init__(self, step):
+        super().__init__()
+        self.step = step
+        self.seen = 0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.seen += 1
+        if self.seen == self.step:
+            signal.raise_signal(signal.SIGINT)
+
+
+def weights(model):
+    return [keras.ops.convert_to_numpy(w) for w in model.weights]
+
+
+def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path):
+    # The handler can only be installed from the main thread.
+    assert threading.current_thread() is threading.main_thread()
+    reference, status = training.train(
+        build_model, make_dataset, str(tmp_path / "ref"), EPOCHS, STEPS_PER_EPOCH, verbose=0
+    )
+    assert status == "complete"
+
+    out = str(tmp_path / "run")
+    # Ctrl-C during step 3 of epoch 1: the step finishes, is saved, and the run stops.
+    _, status = training.train(
+        build_model, make_dataset, out, EPOCHS, STEPS_PER_EPOCH,
+        callbacks=[InterruptAt(3)], verbose=0,
+    )
+    assert status == "interrupted"
+    assert not os.path.exists(os.path.join(out, training.FINAL))
+    saved = keras.saving.load_model(os.path.join(out, training.CHECKPOINT))
+    assert training.optimizer_step(saved) == 3
+    # The default handler is back after the run.
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+    resumed, status = training.train(
+        build_model, make_dataset, out, EPOCHS, STEPS_PER_EPOCH, verbose=0
+    )
+    assert status == "complete"
+    assert training.optimizer_step(resumed) == EPOCHS * STEPS_PER_EPOCH
+    for got, want in zip(weights(resumed), weights(reference)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    final = keras.saving.load_model(os.path.join(out, training.FINAL))
+    for got, want in zip(weights(final), weights(reference)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    history = training.read_history(out)
+    assert history["epoch"] == [0.0, 1.0]
+    # A further run finds the work done and changes nothing.
+    again, status = training.train(
+        build_model, make_dataset, out, EPOCHS, STEPS_PER_EPOCH, verbose=0
+    )
+    assert status == "complete"
+    assert training.optimizer_step(again) == EPOCHS * STEPS_PER_EPOCH
+
+
+def test_a_different_run_would_differ(tmp_path):
+    # The equality above is not trivially true: one step fewer moves weights.
+    full, _ = training.train(build_model, make_dataset, str(tmp_path / "a"), EPOCHS,
+                             STEPS_PER_EPOCH, verbose=0)
+    short, _ = training.train(build_model, make_dataset, str(tmp_path / "b"), EPOCHS,
+                              STEPS_PER_EPOCH - 1, verbose=0)
+    diffs = [np.abs(a - b).max() for a, b in zip(weights(full), weights(short))]
+    assert max(diffs) > 1e-4
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="steps_per_epoch >= 1"):
+        training.train(build_model, make_dataset, str(tmp_path), 1, 0)
