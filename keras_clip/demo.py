@@ -16,7 +16,7 @@ import time
 import keras
 import numpy as np
 
-from keras_clip import data, zero_shot
+from keras_clip import data, plots, zero_shot
 from keras_clip.callbacks import ZeroShotEvaluation
 from keras_clip.datasets import emoji
 from keras_clip.model import CLIPModel
@@ -55,16 +55,46 @@ def build_model(tokenizer, image_size, preset, **overrides):
     )
 
 
-def zero_shot_scores(model, images, captions):
+def zero_shot_scores(model, images, captions, return_probabilities=False):
     """Top-1 / top-5 of each image among `captions` (its own is the label)."""
     probs = zero_shot.classify(model, images, captions, templates=BARE)
     labels = np.arange(len(captions))
-    return {
+    scores = {
         "top1": zero_shot.accuracy(probs, labels, k=1),
         "top5": zero_shot.accuracy(probs, labels, k=5),
         "classes": len(captions),
         "chance_top1": 1.0 / len(captions),
     }
+    return (scores, probs) if return_probabilities else scores
+
+
+def figures(model, history, output_dir, heldout, heldout_probs, noto=None, noto_probs=None):
+    """The demo's PNGs: training curves, a similarity matrix, prediction grids."""
+    out = {"training_curves": plots.training_curves(
+        history, os.path.join(output_dir, "training_curves.png"))}
+    # Eight held-out concepts (one image each) against their captions.
+    rng = np.random.default_rng(0)
+    first = {}
+    for i, concept in enumerate(heldout.concept_ids):
+        first.setdefault(concept, i)
+    pick = sorted(rng.choice(sorted(first.values()), size=min(8, len(first)), replace=False))
+    images = [heldout.images[i] for i in pick]
+    captions = [heldout.captions[i] for i in pick]
+    img = zero_shot.encode_images(model, images)
+    txt = zero_shot.encode_texts(model, np.asarray(model.tokenizer(captions)))
+    out["similarity"] = plots.similarity_matrix(
+        images, captions, txt @ img.T, os.path.join(output_dir, "similarity.png"),
+        title="held-out concepts: cosine similarity of captions and images")
+    grid = rng.choice(len(heldout), size=min(18, len(heldout)), replace=False)
+    out["heldout_predictions"] = plots.prediction_grid(
+        [heldout.images[i] for i in grid], heldout_probs[grid], heldout.captions,
+        os.path.join(output_dir, "heldout_predictions.png"), true_labels=grid)
+    if noto is not None:
+        grid = rng.choice(len(noto), size=min(18, len(noto)), replace=False)
+        out["noto_predictions"] = plots.prediction_grid(
+            [noto.images[i] for i in grid], noto_probs[grid], noto.captions,
+            os.path.join(output_dir, "noto_predictions.png"), true_labels=grid)
+    return out
 
 
 def run(
@@ -140,23 +170,34 @@ def run(
         ],
     )
     seconds = time.time() - start
+    heldout_scores, heldout_probs = zero_shot_scores(
+        model, heldout.images, heldout.captions, return_probabilities=True)
     metrics = {
         "backend": keras.backend.backend(),
+        "preset": preset,
+        "image_size": image_size,
         "train_seconds": seconds,
         "train_pairs": len(train),
         "epochs": len(history.history["loss"]),
-        "heldout": zero_shot_scores(model, heldout.images, heldout.captions),
+        "heldout": heldout_scores,
     }
+    noto = noto_probs = None
     try:
         noto = emoji.load_noto_emoji(image_size=image_size, split="all", seed=seed)
-        metrics["noto"] = zero_shot_scores(model, noto.images, noto.captions)
+        metrics["noto"], noto_probs = zero_shot_scores(
+            model, noto.images, noto.captions, return_probabilities=True)
     except FileNotFoundError as error:
+        noto = None
         metrics["noto"] = None
         print(f"Skipping the unseen-style test: {error}")
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, "clip.keras")
     model.save(path)
-    with open(os.path.join(output_dir, "metrics.json"), "w") as f:
+    outputs = {"model": path, "metrics": os.path.join(output_dir, "metrics.json")}
+    outputs.update(figures(model, history.history, output_dir, heldout, heldout_probs,
+                           noto, noto_probs))
+    metrics["outputs"] = outputs
+    with open(outputs["metrics"], "w") as f:
         json.dump({**metrics, "history": history.history}, f, indent=2, default=float)
     report(metrics, path)
     return metrics
@@ -180,8 +221,10 @@ def report(metrics, path):
     print("|---|---:|---:|---:|")
     print(row("held-out concepts (Twemoji)", metrics["heldout"]))
     print(row("unseen style (Noto, all concepts)", metrics["noto"]))
-    print(f"\nSaved {path} (model + tokenizer) and metrics.json beside it.")
+    print()
+    for name, where in metrics.get("outputs", {"model": path}).items():
+        print(f"{name:>20}: {where}")
     print(
-        "Classify new images: model = keras.saving.load_model(path); "
-        "keras_clip.zero_shot.classify(model, uint8_images, labels)"
+        "\nClassify new images: model = keras.saving.load_model(path); "
+        "keras_clip.zero_shot.classify(model, uint8_images, labels, templates=['{}'])"
     )

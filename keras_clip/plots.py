@@ -86,8 +86,8 @@ def training_curves(history, path):
     panels = _curve_panels(history)
     if not panels:
         raise ValueError(
-            "Expected a history with at least one of 'loss', 'i2t_accuracy', "
-            f"'logit_scale'. Received keys: {sorted(history)}"
+            "Expected a history with at least one non-empty metric (e.g. "
+            f"'loss'). Received: {dict(history)}"
         )
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
@@ -178,7 +178,7 @@ def prediction_grid(images, probabilities, labels, path, true_labels=None, colum
     plt = _pyplot()
     n = len(images)
     rows = max(1, -(-n // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.9 * rows))
+    fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 3.4 * rows))
     axes = np.atleast_1d(axes).reshape(-1)
     for k, ax in enumerate(axes):
         ax.axis("off")

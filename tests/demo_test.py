@@ -6,6 +6,7 @@ import os
 
 import keras
 import numpy as np
+from PIL import Image
 
 import keras_clip
 from keras_clip import demo, zero_shot
@@ -28,6 +29,9 @@ def test_demo_trains_evaluates_and_saves(tmp_path):
         assert metrics["noto"]["classes"] > 3000
     with open(tmp_path / "metrics.json") as f:
         assert json.load(f)["heldout"]["classes"] == held["classes"]
+    for name in ("training_curves", "similarity", "heldout_predictions"):
+        with Image.open(metrics["outputs"][name]) as png:
+            assert png.format == "PNG" and min(png.size) > 100, name
     # The saved file is all a user needs: model, tokenizer, preprocessing.
     model = keras.saving.load_model(os.path.join(tmp_path, "clip.keras"))
     assert isinstance(model.tokenizer, keras_clip.CLIPTokenizer)
