@@ -81,3 +81,63 @@ def contrastive_loss(logits_per_image, logits_per_text=None, labels=None):
         _accuracy(logits_per_image, labels),
         _accuracy(logits_per_text, labels),
     )
+
+
+def chunked_contrastive_loss(image, text, scale, chunk_size, labels=None,
+                             all_image=None, all_text=None):
+    """`contrastive_loss` computed in blocks of rows, each recomputed for the gradient.
+
+    Only one `(chunk_size, M)` block of logits is alive at a time, in the
+    forward pass and (through `keras.remat`) in the backward pass, instead of
+    the whole `(N, M)` matrix. Value and gradients equal the unchunked loss.
+
+    Args:
+        image: `(N, E)` unit image embeddings (this replica's rows).
+        text: `(N, E)` unit text embeddings (this replica's rows).
+        scale: scalar float32 logit scale (already clamped and exponentiated).
+        chunk_size: int, rows per block; `N` need not be a multiple of it.
+        labels: `(N,)` column of each row's positive; defaults to `arange(N)`.
+        all_image, all_text: `(M, E)` columns (the gathered global batch);
+            default to `image` / `text`.
+
+    Returns:
+        `(loss, image_to_text_accuracy, text_to_image_accuracy)` as in
+        `contrastive_loss`.
+    """
+    import keras
+
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"Expected a positive int `chunk_size`. Received: {chunk_size!r}")
+    image = ops.cast(image, "float32")
+    text = ops.cast(text, "float32")
+    all_image = image if all_image is None else ops.cast(all_image, "float32")
+    all_text = text if all_text is None else ops.cast(all_text, "float32")
+    n = image.shape[0]
+    if n is None:
+        raise ValueError(
+            "Expected a static batch size for the chunked loss (batch the "
+            "dataset with drop_remainder=True). Received: an unknown size"
+        )
+    if labels is None:
+        labels = ops.arange(n, dtype="int32")
+    labels = ops.cast(labels, "int32")
+
+    def block(rows, columns, block_labels, scale):
+        logits = scale * ops.matmul(rows, ops.transpose(columns))
+        log_probs = ops.log_softmax(logits, axis=-1)
+        picked = ops.take_along_axis(log_probs, block_labels[:, None], axis=-1)[:, 0]
+        hits = ops.cast(ops.equal(ops.argmax(logits, axis=-1), block_labels), "float32")
+        return -ops.sum(picked), ops.sum(hits)
+
+    block = keras.remat(block)
+    totals = []
+    for rows, columns in ((image, all_text), (text, all_image)):
+        loss_sum, hit_sum = 0.0, 0.0
+        for start in range(0, n, chunk_size):
+            stop = min(start + chunk_size, n)
+            nll, hits = block(rows[start:stop], columns, labels[start:stop], scale)
+            loss_sum = loss_sum + nll
+            hit_sum = hit_sum + hits
+        totals.append((loss_sum / n, hit_sum / n))
+    (i2t_loss, i2t_acc), (t2i_loss, t2i_acc) = totals
+    return 0.5 * (i2t_loss + t2i_loss), i2t_acc, t2i_acc

@@ -3,8 +3,13 @@
 import keras
 from keras import ops
 
-from keras_clip import configs
-from keras_clip.losses import clip_logits, contrastive_loss, l2_normalize
+from keras_clip import configs, distributed
+from keras_clip.losses import (
+    chunked_contrastive_loss,
+    clip_logits,
+    contrastive_loss,
+    l2_normalize,
+)
 from keras_clip.modified_resnet import ModifiedResNet
 from keras_clip.text_encoder import TextTransformer
 from keras_clip.vision_transformer import VisionTransformer
@@ -303,12 +308,22 @@ class CLIPModel(keras.Model):
             )
         image = self.encode_image(inputs["images"], training=training)
         text = self.encode_text(inputs["token_ids"], training=training)
+        if training and (
+            getattr(self, "_loss_chunk_size", None)
+            or distributed.replica_context().active
+        ):
+            # The loss builds its own (sharded / chunked) logits: never
+            # materialise the full matrix here.
+            return {"image_embeddings": image, "text_embeddings": text}
         logits = clip_logits(
             image, text, self.logit_scale, self.config.logit_scale_max
         )  # (B_img, B_txt)
         return {
             "logits_per_image": logits,
             "logits_per_text": ops.transpose(logits),
+            # Unit embeddings, for the loss across replicas / in chunks.
+            "image_embeddings": image,
+            "text_embeddings": text,
         }
 
     # ---- training -----------------------------------------------------
@@ -316,17 +331,89 @@ class CLIPModel(keras.Model):
     def compute_loss(
         self, x=None, y=None, y_pred=None, sample_weight=None, training=True
     ):
-        loss, i2t, t2i = contrastive_loss(
-            y_pred["logits_per_image"], y_pred["logits_per_text"]
-        )
+        context = distributed.replica_context()
+        chunk = getattr(self, "_loss_chunk_size", None)
+        if context.active or chunk:
+            image = y_pred["image_embeddings"]
+            text = y_pred["text_embeddings"]
+            local = ops.shape(image)[0]
+            # Global negatives: this replica's rows against the whole batch.
+            all_image = distributed.all_gather(image, context)
+            all_text = distributed.all_gather(text, context)
+            labels = context.index * local + ops.arange(local, dtype="int32")
+            scale = ops.exp(
+                ops.minimum(self.logit_scale, self.config.logit_scale_max)
+            )
+            if chunk:
+                loss, i2t, t2i = chunked_contrastive_loss(
+                    image, text, scale, chunk, labels, all_image, all_text
+                )
+            else:
+                loss, i2t, t2i = contrastive_loss(
+                    *distributed.sharded_logits(
+                        image, text, all_image, all_text, scale
+                    ),
+                    labels=labels,
+                )
+        else:
+            loss, i2t, t2i = contrastive_loss(
+                y_pred["logits_per_image"], y_pred["logits_per_text"]
+            )
+        if context.active and context.backend == "torch":
+            # Report the global batch's accuracies on every rank.
+            i2t, t2i = distributed.all_reduce_mean(
+                [ops.stop_gradient(i2t) + 0.0, ops.stop_gradient(t2i) + 0.0], context
+            )
         self.i2t_accuracy.update_state(i2t)
         self.t2i_accuracy.update_state(t2i)
         self.logit_scale_tracker.update_state(ops.exp(self.logit_scale))
         for extra in self.losses:  # e.g. activity regularisers.
             loss = loss + ops.cast(ops.sum(extra), "float32")
-        return loss
+        # tf.distribute sums replica gradients: differentiate loss / replicas.
+        return distributed.scale_loss(loss, context)
 
-    def compile(self, optimizer="adamw", exclude_from_weight_decay=True, **kwargs):
+    def train_step(self, *args, **kwargs):
+        if keras.backend.backend() == "torch":
+            context = distributed.replica_context()
+            if context.active:
+                return self._torch_distributed_train_step(context, *args)
+        return super().train_step(*args, **kwargs)
+
+    def _torch_distributed_train_step(self, context, data):
+        """Keras's torch step, with gradients averaged over processes.
+
+        Every rank sees its shard of the global batch; the loss gathers the
+        embeddings with a gradient, and averaging the parameter gradients
+        makes every rank apply the same update (the data-parallel contract
+        that DDP gives plain torch modules).
+        """
+        import torch
+
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        y_pred = self(x, training=True)
+        self.zero_grad()
+        loss = self._compute_loss(x=x, y_pred=y_pred, training=True)
+        # The logged loss is the global one: the mean over ranks.
+        logged = distributed.all_reduce_mean([loss.detach().clone()], context)[0]
+        self._loss_tracker.update_state(logged, sample_weight=x["images"].shape[0])
+        if self.optimizer is not None:
+            loss = self.optimizer.scale_loss(loss)
+        loss.backward()
+        weights = self.trainable_weights[:]
+        grads = [v.value.grad for v in weights]
+        grads = [g if g is not None else torch.zeros_like(v.value) for g, v in zip(grads, weights)]
+        distributed.all_reduce_mean(grads, context)
+        with torch.no_grad():
+            self.optimizer.apply(grads, weights)
+        return self.compute_metrics(x, None, y_pred, sample_weight=None)
+
+    def compile(
+        self,
+        optimizer="adamw",
+        exclude_from_weight_decay=True,
+        loss_chunk_size=None,
+        **kwargs,
+    ):
         """Configures training; takes no `loss` (the model owns its loss).
 
         Args:
@@ -336,6 +423,11 @@ class CLIPModel(keras.Model):
                 or the temperature (open_clip's trainer does decay the 2-D
                 token and positional embeddings). Applied again on every
                 `compile`, so it survives `load_model`.
+            loss_chunk_size: int or `None`; computes the loss in blocks of
+                this many rows, each recomputed in the backward pass, so at
+                most `(loss_chunk_size, global batch)` logits are alive at a
+                time (`keras_clip.losses.chunked_contrastive_loss`). Same
+                value and gradients; for very large batches.
             **kwargs: passed to `keras.Model.compile` (e.g. `jit_compile`,
                 `steps_per_execution`).
         """
@@ -348,6 +440,14 @@ class CLIPModel(keras.Model):
         # "auto" resolves per backend (False under torch); remember what was
         # asked so a file saved under torch still compiles with XLA elsewhere.
         self._requested_jit_compile = kwargs.get("jit_compile", "auto")
+        if loss_chunk_size is not None and (
+            not isinstance(loss_chunk_size, int) or loss_chunk_size < 1
+        ):
+            raise ValueError(
+                "Expected `loss_chunk_size` to be a positive int or None. "
+                f"Received: {loss_chunk_size!r}"
+            )
+        self._loss_chunk_size = loss_chunk_size
         super().compile(optimizer=optimizer, **kwargs)
         self._exclude_from_weight_decay = exclude_from_weight_decay
         if exclude_from_weight_decay and hasattr(
@@ -387,6 +487,7 @@ class CLIPModel(keras.Model):
             optimizer["module"] = "keras.optimizers"
             optimizer.pop("registered_name", None)
         config["exclude_from_weight_decay"] = self._exclude_from_weight_decay
+        config["loss_chunk_size"] = getattr(self, "_loss_chunk_size", None)
         if "jit_compile" in config:
             config["jit_compile"] = self._requested_jit_compile
         return config
