@@ -59,6 +59,9 @@ class CLIPConfig:
     image_std: tuple = OPENAI_IMAGE_STD
     # Resize filter of the evaluation transform (OpenAI and open_clip: bicubic).
     image_interpolation: str = "bicubic"
+    # Rematerialise each tower block (transformer block / ResNet bottleneck)
+    # in the backward pass: activation memory of one block, ~1/3 more compute.
+    remat: bool = False
 
     def __post_init__(self):
         if self.vision not in VISION_TYPES:

@@ -235,6 +235,8 @@ class Transformer(keras.layers.Layer):
         self.mlp_ratio = mlp_ratio
         self.activation = activation
         self.causal = causal
+        # Set by CLIPModel from `CLIPConfig.remat` (not a weight layout choice).
+        self.remat = False
         # OpenAI's initialisation (CLIP.initialize_parameters): attention
         # in-projection width^-0.5, output projections additionally scaled by
         # (2 * layers)^-0.5, MLP input (2 * width)^-0.5.
@@ -264,7 +266,7 @@ class Transformer(keras.layers.Layer):
 
     def call(self, x):
         for block in self.blocks:
-            x = block(x)  # (B, T, D)
+            x = keras.remat(block)(x) if self.remat else block(x)  # (B, T, D)
         return x
 
     def compute_output_shape(self, input_shape):

@@ -159,6 +159,11 @@ class CLIPModel(keras.Model):
             name="text_projection",
             dtype=policy,
         )
+        if c.remat:
+            for tower in (self.image_encoder, self.text_encoder):
+                for layer in [tower, *tower._flatten_layers()]:
+                    if hasattr(layer, "remat"):
+                        layer.remat = True
         self.i2t_accuracy = keras.metrics.Mean(name="i2t_accuracy")
         self.t2i_accuracy = keras.metrics.Mean(name="t2i_accuracy")
         self.logit_scale_tracker = LastValue(name="logit_scale")
@@ -306,8 +311,12 @@ class CLIPModel(keras.Model):
                 "CLIPModel expects a dict with keys 'images' and 'token_ids'. "
                 f"Received: {got}"
             )
-        image = self.encode_image(inputs["images"], training=training)
-        text = self.encode_text(inputs["token_ids"], training=training)
+        micro = getattr(self, "_micro_batches", None)
+        if training and micro and micro > 1:
+            image, text = self._encode_in_micro_batches(inputs, micro)
+        else:
+            image = self.encode_image(inputs["images"], training=training)
+            text = self.encode_text(inputs["token_ids"], training=training)
         if training and (
             getattr(self, "_loss_chunk_size", None)
             or distributed.replica_context().active
@@ -325,6 +334,40 @@ class CLIPModel(keras.Model):
             "image_embeddings": image,
             "text_embeddings": text,
         }
+
+    def _encode_in_micro_batches(self, inputs, micro):
+        """Both towers over `micro` slices, each rematerialised.
+
+        Only the slices' embeddings are kept from the forward pass; the
+        backward pass recomputes one slice's activations at a time. The loss
+        then sees every embedding of the batch: the gradient of a true big
+        batch with the activation memory of one slice (the cached-embedding
+        accumulation of GradCache / open_clip's accum-freq).
+        """
+        images, token_ids = inputs["images"], inputs["token_ids"]
+        total = images.shape[0]
+        if total is None or total % micro:
+            raise ValueError(
+                f"Expected a static batch size divisible by micro_batches={micro} "
+                f"(batch with drop_remainder=True). Received: batch size {total}"
+            )
+        size = total // micro
+
+        def towers(x, ids):
+            return (
+                self.encode_image(x, training=True),
+                self.encode_text(ids, training=True),
+            )
+
+        towers = keras.remat(towers)
+        parts = [
+            towers(images[j * size : (j + 1) * size], token_ids[j * size : (j + 1) * size])
+            for j in range(micro)
+        ]
+        return (
+            ops.concatenate([p[0] for p in parts], axis=0),
+            ops.concatenate([p[1] for p in parts], axis=0),
+        )
 
     # ---- training -----------------------------------------------------
 
@@ -412,6 +455,7 @@ class CLIPModel(keras.Model):
         optimizer="adamw",
         exclude_from_weight_decay=True,
         loss_chunk_size=None,
+        micro_batches=None,
         **kwargs,
     ):
         """Configures training; takes no `loss` (the model owns its loss).
@@ -428,6 +472,14 @@ class CLIPModel(keras.Model):
                 most `(loss_chunk_size, global batch)` logits are alive at a
                 time (`keras_clip.losses.chunked_contrastive_loss`). Same
                 value and gradients; for very large batches.
+            micro_batches: int or `None`; negative-preserving gradient
+                accumulation: each batch runs through the towers in this many
+                slices whose activations are recomputed in the backward pass,
+                and the loss sees all of the batch's negatives. Same loss and
+                gradients as the whole batch at once, with the activation
+                memory of one slice. (Keras's optimizer-level
+                `gradient_accumulation_steps` instead averages the gradients
+                of separate small batches: fewer negatives, a different loss.)
             **kwargs: passed to `keras.Model.compile` (e.g. `jit_compile`,
                 `steps_per_execution`).
         """
@@ -448,6 +500,14 @@ class CLIPModel(keras.Model):
                 f"Received: {loss_chunk_size!r}"
             )
         self._loss_chunk_size = loss_chunk_size
+        if micro_batches is not None and (
+            not isinstance(micro_batches, int) or micro_batches < 1
+        ):
+            raise ValueError(
+                "Expected `micro_batches` to be a positive int or None. "
+                f"Received: {micro_batches!r}"
+            )
+        self._micro_batches = micro_batches
         super().compile(optimizer=optimizer, **kwargs)
         self._exclude_from_weight_decay = exclude_from_weight_decay
         if exclude_from_weight_decay and hasattr(
@@ -488,6 +548,7 @@ class CLIPModel(keras.Model):
             optimizer.pop("registered_name", None)
         config["exclude_from_weight_decay"] = self._exclude_from_weight_decay
         config["loss_chunk_size"] = getattr(self, "_loss_chunk_size", None)
+        config["micro_batches"] = getattr(self, "_micro_batches", None)
         if "jit_compile" in config:
             config["jit_compile"] = self._requested_jit_compile
         return config

@@ -290,7 +290,10 @@ class ModifiedResNet(keras.layers.Layer):
                 x = layer(x)
         x = self.stem_pool(x)  # (B, S/4, S/4, width)
         for block in self.blocks:
-            x = block(x, training=training)  # (B, S/32, S/32, 32 width) at end
+            if getattr(self, "remat", False):
+                x = keras.remat(lambda y, b=block: b(y, training=training))(x)
+            else:
+                x = block(x, training=training)  # (B, S/32, S/32, 32 width) at end
         return self.attnpool(x)  # (B, output_dim)
 
     def compute_output_shape(self, input_shape):

@@ -4,7 +4,8 @@
 
 MODE: "single" (one device, the reference), "tf" (MirroredStrategy over 2
 logical CPUs), "jax" (DataParallel over 4 host devices), "torch" (2 gloo
-processes), "chunked" (one device, loss in chunks of 3 rows). The backend comes from
+processes), "chunked" (one device, loss in chunks of 3 rows), "micro" (one
+device, `micro_batches=2`), "remat" (one device, `CLIPConfig.remat`). The backend comes from
 $KERAS_BACKEND. Each run trains 3 steps of one global batch per epoch and
 saves the per-step loss and accuracies and the weights after steps 1 and 3.
 """
@@ -36,13 +37,13 @@ def global_batches():
     return images, ids
 
 
-def build(**compile_kwargs):
+def build(remat=False, **compile_kwargs):
     import keras
 
     import keras_clip
 
     keras.utils.set_random_seed(0)
-    model = keras_clip.CLIPModel.from_preset("tiny-vit")
+    model = keras_clip.CLIPModel.from_preset("tiny-vit", remat=remat)
     model.compile(optimizer=keras.optimizers.SGD(0.5), **compile_kwargs)
     return model
 
@@ -112,8 +113,10 @@ def main():
 
     images, ids = global_batches()
     recorder = Recorder()
-    if MODE in ("single", "chunked"):
-        model = build(loss_chunk_size=3) if MODE == "chunked" else build()
+    if MODE in ("single", "chunked", "micro", "remat"):
+        kwargs = {"chunked": {"loss_chunk_size": 3}, "micro": {"micro_batches": 2},
+                  "remat": {"remat": True}}.get(MODE, {})
+        model = build(**kwargs)
         fit(model, images, ids, recorder, GLOBAL)
         recorder.save(OUT)
         if MODE == "single":
