@@ -510,10 +510,13 @@ class CLIPModel(keras.Model):
         self._micro_batches = micro_batches
         super().compile(optimizer=optimizer, **kwargs)
         self._exclude_from_weight_decay = exclude_from_weight_decay
+        # mixed_float16 wraps the optimizer in a LossScaleOptimizer, whose
+        # own exclusion list the wrapped optimizer never reads.
+        target = getattr(self.optimizer, "inner_optimizer", self.optimizer)
         if exclude_from_weight_decay and hasattr(
-            self.optimizer, "exclude_from_weight_decay"
+            target, "exclude_from_weight_decay"
         ):
-            self.optimizer.exclude_from_weight_decay(
+            target.exclude_from_weight_decay(
                 var_list=self.no_weight_decay_variables()
             )
 

@@ -249,3 +249,45 @@ def test_mixed_precision_trains_with_float32_loss_and_temperature():
     logs = model.fit(dataset(images, ids, 16), steps_per_epoch=8, epochs=3, verbose=0).history
     assert np.isfinite(logs["loss"]).all()
     assert logs["loss"][-1] < logs["loss"][0]
+
+
+def test_mixed_bfloat16_tracks_float32_training():
+    # Same initial weights, same batches, SGD: the loss curve under
+    # mixed_bfloat16 follows float32's within bfloat16's precision.
+    def losses(dtype):
+        keras.utils.set_random_seed(3)
+        model = keras_clip.CLIPModel.from_preset("tiny-vit", dtype=dtype)
+        images, ids = synthetic_pairs(model.config, 32)
+        model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.2))
+        history = model.fit(dataset(images, ids, 16), steps_per_epoch=1, epochs=6, verbose=0)
+        return np.asarray(history.history["loss"])
+
+    want, got = losses("float32"), losses("mixed_bfloat16")
+    assert want[-1] < want[0]
+    np.testing.assert_allclose(got, want, rtol=5e-2)
+
+
+def test_mixed_float16_scales_the_loss_and_trains():
+    if keras.backend.backend() == "jax":
+        import jax
+
+        if jax.default_backend() == "cpu":
+            # XLA:CPU has no float16 dot with float32 accumulation
+            # ("precision 'F16_F16_F32' is not supported by dot_general").
+            pytest.skip("JAX on CPU cannot run float16 matmuls; use mixed_bfloat16")
+    keras.utils.set_random_seed(3)
+    reference = keras_clip.CLIPModel.from_preset("tiny-vit")
+    keras.utils.set_random_seed(3)
+    model = keras_clip.CLIPModel.from_preset("tiny-vit", dtype="mixed_float16")
+    images, ids = synthetic_pairs(model.config, 32)
+    batch = {"images": images[:16], "token_ids": ids[:16]}
+    # Same weights: the float32 loss of float16 towers is float32's within 1e-2.
+    want = float(to_np(reference.compute_loss(y_pred=reference(batch))))
+    got = float(to_np(model.compute_loss(y_pred=model(batch))))
+    assert got == pytest.approx(want, rel=1e-2)
+    # Dynamic loss scaling (skipped steps included) still trains.
+    model.compile(optimizer=keras_clip.make_optimizer(model, total_steps=24, learning_rate=3e-3, warmup_steps=2))
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    logs = model.fit(dataset(images, ids, 16), steps_per_epoch=8, epochs=3, verbose=0).history
+    assert np.isfinite(logs["loss"]).all()
+    assert logs["loss"][-1] < logs["loss"][0]

@@ -95,3 +95,12 @@ def test_make_optimizer_uses_paper_settings(name, beta_2, epsilon):
     assert opt.beta_2 == beta_2 and opt.epsilon == epsilon
     assert opt.weight_decay == pytest.approx(0.2)
     assert float(to_np(opt.learning_rate)) == pytest.approx(5e-4 / 2000)  # first warm-up step
+
+
+def test_exclusions_reach_the_optimizer_inside_loss_scaling():
+    # mixed_float16 wraps the optimizer in a LossScaleOptimizer at compile;
+    # the exclusions must reach the AdamW inside it.
+    model = keras_clip.CLIPModel.from_preset("tiny-vit", dtype="mixed_float16")
+    model.compile(optimizer=keras.optimizers.AdamW(learning_rate=0.1, weight_decay=0.5))
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert decayed_by_one_step(model) == expected_decayed(model)
