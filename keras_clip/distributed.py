@@ -160,3 +160,22 @@ def sharded_logits(image, text, all_image, all_text, scale):
     logits_per_image = scale * ops.matmul(image, ops.transpose(all_text))
     logits_per_text = scale * ops.matmul(text, ops.transpose(all_image))
     return logits_per_image, logits_per_text
+
+
+def is_chief():
+    """Whether this process writes checkpoints and logs (rank / process 0)."""
+    backend = keras.backend.backend()
+    if backend == "torch" and _torch_initialized():
+        import torch.distributed as dist
+
+        return dist.get_rank() == 0
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        if tf.distribute.has_strategy():
+            return bool(getattr(tf.distribute.get_strategy().extended, "should_checkpoint", True))
+    if backend == "jax":
+        import jax
+
+        return jax.process_index() == 0
+    return True

@@ -8,7 +8,7 @@
 - `history.csv`: one row per (possibly partial) epoch, appended across runs;
 - `clip.keras`: the final model, written when all epochs are done.
 
-Running the same command again resumes from `checkpoint.keras` at the exact
+Only the chief process (rank 0) writes files. Running the same command again resumes from `checkpoint.keras` at the exact
 optimizer step: the learning-rate schedule continues where it stopped and
 the interrupted epoch runs only its remaining steps (on a freshly shuffled
 pass, so the samples of those steps are not the ones the interrupted run
@@ -27,6 +27,7 @@ import keras
 import numpy as np
 
 from keras_clip.data_pipeline import SkipCountLogger
+from keras_clip.distributed import is_chief
 
 CHECKPOINT = "checkpoint.keras"
 FINAL = "clip.keras"
@@ -70,6 +71,8 @@ class Checkpointer(keras.callbacks.Callback):
         self.stop_requested = True
 
     def _save(self, epoch_done):
+        if not is_chief():
+            return
         save_atomically(self.model, self.path)
         state = {
             "step": optimizer_step(self.model),
@@ -206,9 +209,10 @@ def train(
     if counter is not None:
         all_callbacks.append(SkipCountLogger(counter))
     # Last, so the row holds what the evaluation callbacks added to the logs.
-    all_callbacks.append(
-        keras.callbacks.CSVLogger(os.path.join(output_dir, HISTORY), append=True)
-    )
+    if is_chief():
+        all_callbacks.append(
+            keras.callbacks.CSVLogger(os.path.join(output_dir, HISTORY), append=True)
+        )
     dataset = dataset.repeat()
     with _StopOnSignals(checkpointer):
         if done_in_epoch:
@@ -237,7 +241,8 @@ def train(
             f"{checkpoint}. Run the same command again to resume."
         )
         return model, "interrupted"
-    save_atomically(model, os.path.join(output_dir, FINAL))
+    if is_chief():
+        save_atomically(model, os.path.join(output_dir, FINAL))
     return model, "complete"
 
 
