@@ -119,16 +119,20 @@ def _torch_function():
     return AllGather
 
 
-class _LazyTorchAllGather:
-    _fn = None
+class _LazyAutogradFunction:
+    """A torch autograd Function defined on first use (torch imports lazily)."""
+
+    def __init__(self, factory):
+        self.factory = factory
+        self.fn = None
 
     def apply(self, x):
-        if self._fn is None:
-            type(self)._fn = _torch_function()
-        return self._fn.apply(x)
+        if self.fn is None:
+            self.fn = self.factory()
+        return self.fn.apply(x)
 
 
-_TorchAllGather = _LazyTorchAllGather()
+_TorchAllGather = _LazyAutogradFunction(_torch_function)
 
 
 def scale_loss(loss, context):
@@ -179,3 +183,87 @@ def is_chief():
 
         return jax.process_index() == 0
     return True
+
+
+def all_reduce_sum(x, context):
+    """Sum of `x` over replicas, with a gradient (torch and TensorFlow)."""
+    if not context.active:
+        return x
+    if context.backend == "tensorflow":
+        import tensorflow as tf
+
+        # ReplicaContext.all_reduce is differentiable (its gradient is an
+        # all-reduce of the upstream gradients).
+        return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, x)
+    return _TorchAllReduce.apply(x)
+
+
+def _torch_all_reduce_function():
+    import torch
+    import torch.distributed as dist
+
+    class AllReduceSum(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, value):
+            out = value.contiguous().clone()
+            dist.all_reduce(out, op=dist.ReduceOp.SUM)
+            return out
+
+        @staticmethod
+        def backward(ctx, upstream):
+            # Every replica's output depends on every input: sum the grads.
+            total = upstream.contiguous().clone()
+            dist.all_reduce(total, op=dist.ReduceOp.SUM)
+            return total
+
+    return AllReduceSum
+
+
+_TorchAllReduce = _LazyAutogradFunction(_torch_all_reduce_function)
+
+
+def global_moments(x, axes, context):
+    """Mean and variance of `x` over `axes` and over every replica's batch."""
+    x32 = ops.cast(x, "float32")
+    count = 1.0
+    for axis in axes:
+        count = count * x32.shape[axis]
+    sums = ops.sum(x32, axis=axes)
+    squares = ops.sum(ops.square(x32), axis=axes)
+    stacked = all_reduce_sum(ops.stack([sums, squares]), context)
+    total = count * context.num_replicas
+    mean = stacked[0] / total
+    variance = ops.maximum(stacked[1] / total - ops.square(mean), 0.0)
+    return ops.cast(mean, x.dtype), ops.cast(variance, x.dtype)
+
+
+def layout_map(device_mesh, model_axis="model"):
+    """A `keras.distribution.LayoutMap` sharding the towers' large weights (JAX).
+
+    Transformer blocks are split Megatron-style along `model_axis`: the
+    fused query-key-value and first MLP kernels by output columns, the
+    attention output and second MLP kernels by input rows; the token
+    embedding by vocabulary rows; ResNet bottleneck convolutions by output
+    channels. Everything else is replicated. Use with
+    `keras.distribution.ModelParallel(layout_map=..., batch_dim_name=...)`.
+
+    Example:
+
+    ```python
+    mesh = keras.distribution.DeviceMesh((2, 4), ["batch", "model"], devices)
+    keras.distribution.set_distribution(keras.distribution.ModelParallel(
+        layout_map=keras_clip.distributed.layout_map(mesh), batch_dim_name="batch"))
+    model = keras_clip.CLIPModel.from_preset("ViT-B/16")  # built sharded
+    ```
+    """
+    m = model_axis
+    layouts = keras.distribution.LayoutMap(device_mesh)
+    layouts[r".*/attn/qkv/kernel$"] = (None, m)
+    layouts[r".*/attn/qkv/bias$"] = (m,)
+    layouts[r".*/attn/out_proj/kernel$"] = (m, None)
+    layouts[r".*/mlp_fc/kernel$"] = (None, m)
+    layouts[r".*/mlp_fc/bias$"] = (m,)
+    layouts[r".*/mlp_proj/kernel$"] = (m, None)
+    layouts[r".*/token_embedding/embeddings$"] = (m, None)
+    layouts[r".*/layer\d+_\d+/conv\d/kernel$"] = (None, None, None, m)
+    return layouts

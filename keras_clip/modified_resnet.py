@@ -9,6 +9,8 @@ global average pooling.
 import keras
 from keras import ops
 
+from keras_clip import distributed
+
 # PyTorch BatchNorm2d defaults (momentum 0.1 there is 0.9 here).
 _BN = dict(momentum=0.9, epsilon=1e-5)
 
@@ -19,8 +21,25 @@ def _conv(filters, kernel, name, policy):
     )
 
 
+@keras.saving.register_keras_serializable(package="keras_clip")
+class GlobalBatchNormalization(keras.layers.BatchNormalization):
+    """Batch norm whose training statistics span every replica's batch.
+
+    Under `tf.distribute` or `torch.distributed` the mean and variance are
+    all-reduced (with a gradient) across replicas, so a replicated step
+    normalises exactly as one device would on the global batch (SyncBN).
+    Under JAX arrays are global already; undistributed it is plain batch norm.
+    """
+
+    def _moments(self, inputs, mask):
+        context = distributed.replica_context()
+        if mask is None and context.active:
+            return distributed.global_moments(inputs, self._reduction_axes, context)
+        return super()._moments(inputs, mask)
+
+
 def _bn(name, policy, zero_gamma=False):
-    return keras.layers.BatchNormalization(
+    return GlobalBatchNormalization(
         gamma_initializer="zeros" if zero_gamma else "ones",
         name=name,
         dtype=policy,
@@ -83,6 +102,9 @@ class Bottleneck(keras.layers.Layer):
         f, s = self.filters, self.stride
         self.conv1.build((b, h, w, c))
         self.bn1.build((b, h, w, f))
+        # Weightless, but built too: tf.distribute's fit traces a model with
+        # unbuilt layers symbolically from mean-reduced (float) inputs.
+        self.pad2.build((b, h, w, f))
         self.conv2.build((b, h + 2, w + 2, f))
         self.bn2.build((b, h, w, f))
         self.conv3.build((b, h // s, w // s, f))

@@ -1,10 +1,11 @@
 """Trains tiny CLIPs for the distribution tests, one way per invocation.
 
-    python tests/distributed_worker.py MODE OUT.npz [GLOBAL_BATCH]
+    python tests/distributed_worker.py MODE OUT.npz [GLOBAL_BATCH [PRESET [SGD_LR]]]
 
 MODE: "single" (one device, the reference), "tf" (MirroredStrategy over 2
 logical CPUs), "jax" (DataParallel over 4 host devices), "torch" (2 gloo
-processes), "chunked" (one device, loss in chunks of 3 rows), "micro" (one
+processes), "jax_model_parallel" (2 x 2 mesh, weights sharded by
+`keras_clip.distributed.layout_map`), "chunked" (one device, loss in chunks of 3 rows), "micro" (one
 device, `micro_batches=2`), "remat" (one device, `CLIPConfig.remat`). The backend comes from
 $KERAS_BACKEND. Each run trains 3 steps of one global batch per epoch and
 saves the per-step loss and accuracies and the weights after steps 1 and 3.
@@ -15,9 +16,11 @@ import sys
 
 MODE, OUT = sys.argv[1], sys.argv[2]
 GLOBAL = int(sys.argv[3]) if len(sys.argv) > 3 else 8
+PRESET = sys.argv[4] if len(sys.argv) > 4 else "tiny-vit"
+LEARNING_RATE = float(sys.argv[5]) if len(sys.argv) > 5 else 0.5
 STEPS = 3
 
-if MODE == "jax":
+if MODE in ("jax", "jax_model_parallel"):
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
 os.environ.setdefault("JAX_THREEFRY_PARTITIONABLE", "false")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -43,8 +46,8 @@ def build(remat=False, **compile_kwargs):
     import keras_clip
 
     keras.utils.set_random_seed(0)
-    model = keras_clip.CLIPModel.from_preset("tiny-vit", remat=remat)
-    model.compile(optimizer=keras.optimizers.SGD(0.5), **compile_kwargs)
+    model = keras_clip.CLIPModel.from_preset(PRESET, remat=remat)
+    model.compile(optimizer=keras.optimizers.SGD(LEARNING_RATE), **compile_kwargs)
     return model
 
 
@@ -132,13 +135,27 @@ def main():
             model = build()
         fit(model, images, ids, recorder, GLOBAL)
         recorder.save(OUT)
-    elif MODE == "jax":
+    elif MODE in ("jax", "jax_model_parallel"):
         import keras
 
         devices = keras.distribution.list_devices()
         assert len(devices) == 4, devices
         keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
         model = build()
+        fit(model, images, ids, recorder, GLOBAL)
+        recorder.save(OUT)
+    elif MODE == "jax_model_parallel":
+        import keras
+
+        from keras_clip.distributed import layout_map
+
+        devices = keras.distribution.list_devices()
+        mesh = keras.distribution.DeviceMesh((2, 2), ["batch", "model"], devices)
+        keras.distribution.set_distribution(keras.distribution.ModelParallel(
+            layout_map=layout_map(mesh), batch_dim_name="batch"))
+        model = build()
+        sharded = [v for v in model.weights if "model" in str(getattr(v.value, "sharding", ""))]
+        assert len(sharded) >= 4, "the layout map shards no weight"
         fit(model, images, ids, recorder, GLOBAL)
         recorder.save(OUT)
     elif MODE == "torch":

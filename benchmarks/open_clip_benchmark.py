@@ -1,0 +1,245 @@
+"""keras_clip on each backend vs open_clip, same architecture, same run.
+
+For each case (a tiny CPU model, ViT-B/32 and RN50 at 224 px; small batches
+on CPU) measures, each implementation in its own process with the same
+number of threads:
+
+- training: one optimiser step (forward, backward, AdamW update) on random
+  pairs; median step time after warm-up, pairs/s, first-step time
+  (tracing + compilation) separately;
+- inference: `encode_image` and `encode_text` at batch 1 and 32 (32 only for
+  the tiny model's text, all on CPU);
+- achieved FLOP/s: the training step's FLOPs (counted once with
+  `torch.utils.flop_counter` on open_clip's model; the architectures are
+  the same) over the median step time, as a fraction of this machine's
+  float32 matmul ceiling measured in the same run (NumPy, same threads).
+
+The open_clip side is `open_clip.model.CLIP` built from the same config
+(`keras_clip.convert.open_clip_model_config`) with open_clip's `ClipLoss`.
+Prints a Markdown table with the ratio to open_clip. On a machine with a
+GPU, `--device gpu` runs the same cases in bfloat16 (torch autocast for
+open_clip, `mixed_bfloat16` for keras_clip).
+
+    python benchmarks/open_clip_benchmark.py [--cases tiny-vit ViT-B/32 RN50] [--threads 2]
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CASES = {"tiny-vit": 64, "ViT-B/32": 8, "RN50": 8}  # preset -> training batch
+IMPLEMENTATIONS = ("open_clip", "tensorflow", "jax", "torch")
+
+
+def set_threads(threads, backend):
+    if backend == "torch" or backend == "open_clip":
+        import torch
+
+        torch.set_num_threads(threads)
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+
+
+def random_pairs(config, batch, seed=0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    images = rng.standard_normal((batch, config.image_size, config.image_size, 3)).astype("float32")
+    ids = rng.integers(1, config.vocabulary_size - 2, (batch, config.context_length)).astype("int32")
+    ids[:, 10] = config.vocabulary_size - 1
+    ids[:, 11:] = 0
+    return images, ids
+
+
+def timed(fn, steps):
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def open_clip_worker(preset, batch, steps, device):
+    import numpy as np
+    import open_clip
+    import torch
+    from open_clip.loss import ClipLoss
+
+    from keras_clip import configs
+    from keras_clip.convert import open_clip_model_config
+
+    config = configs.get_preset(preset)
+    torch.manual_seed(0)
+    model = open_clip.model.CLIP(**open_clip_model_config(config))
+    dev = "cuda" if device == "gpu" else "cpu"
+    model.to(dev)
+    images, ids = random_pairs(config, batch)
+    images = torch.tensor(images).permute(0, 3, 1, 2).contiguous().to(dev)
+    ids = torch.tensor(ids, dtype=torch.long).to(dev)
+    loss_fn = ClipLoss()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.2)
+    autocast = torch.autocast(dev, dtype=torch.bfloat16, enabled=device == "gpu")
+
+    def sync():
+        if dev == "cuda":
+            torch.cuda.synchronize()
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        with autocast:
+            image, text, scale = model(images, ids)
+            loss = loss_fn(image, text, scale)
+        loss.backward()
+        optimizer.step()
+        sync()
+
+    flops = None
+    if device == "cpu":
+        from torch.utils.flop_counter import FlopCounterMode
+
+        counter = FlopCounterMode(display=False)
+        with counter:
+            step()
+        flops = counter.get_total_flops()
+    times = timed(step, steps + 1)
+    out = {"first_step_s": times[0], "step_s": statistics.median(times[1:]), "flops": flops}
+    model.eval()
+    with torch.no_grad(), autocast:
+        for n in (1, 32):
+            x = images[:1].repeat(n, 1, 1, 1)
+            t = ids[:1].repeat(n, 1)
+            model.encode_image(x)
+            sync()
+            out[f"image_{n}_s"] = statistics.median(timed(lambda: (model.encode_image(x), sync()), 5))
+            model.encode_text(t)
+            out[f"text_{n}_s"] = statistics.median(timed(lambda: (model.encode_text(t), sync()), 5))
+    return out
+
+
+def keras_worker(preset, batch, steps, device):
+    import keras
+    import numpy as np
+
+    import keras_clip
+
+    if device == "gpu":
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    keras.utils.set_random_seed(0)
+    model = keras_clip.CLIPModel.from_preset(preset)
+    config = model.config
+    images, ids = random_pairs(config, batch)
+    model.compile(optimizer=keras_clip.make_optimizer(model, total_steps=10_000, warmup_steps=1))
+    times = []
+
+    class Timer(keras.callbacks.Callback):
+        def on_train_batch_begin(self, b, logs=None):
+            self.start = time.perf_counter()
+
+        def on_train_batch_end(self, b, logs=None):
+            times.append(time.perf_counter() - self.start)
+
+    x = {"images": np.tile(images, (steps + 1, 1, 1, 1)), "token_ids": np.tile(ids, (steps + 1, 1))}
+    model.fit(x, batch_size=batch, epochs=1, verbose=0, shuffle=False, callbacks=[Timer()])
+    out = {"first_step_s": times[0], "step_s": statistics.median(times[1:])}
+    encode_image = keras.ops.convert_to_numpy
+    for n in (1, 32):
+        xi = np.repeat(images[:1], n, axis=0)
+        xt = np.repeat(ids[:1], n, axis=0)
+        run_image = lambda: encode_image(model.encode_image(xi))
+        run_text = lambda: encode_image(model.encode_text(xt))
+        run_image(), run_text()
+        out[f"image_{n}_s"] = statistics.median(timed(run_image, 5))
+        out[f"text_{n}_s"] = statistics.median(timed(run_text, 5))
+    return out
+
+
+def matmul_ceiling(threads):
+    """Measured float32 GFLOP/s of a large NumPy matmul with `threads` threads."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads),
+               MKL_NUM_THREADS=str(threads))
+    code = (
+        "import numpy as np, time\n"
+        "a = np.random.rand(2048, 2048).astype('float32'); b = a.copy(); a @ b\n"
+        "ts = []\n"
+        "for _ in range(5):\n"
+        "    s = time.perf_counter(); a @ b; ts.append(time.perf_counter() - s)\n"
+        "print(2 * 2048**3 / sorted(ts)[2] / 1e9)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    return float(proc.stdout.strip())
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--cases", nargs="+", default=list(CASES))
+    parser.add_argument("--implementations", nargs="+", default=list(IMPLEMENTATIONS))
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
+    parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        impl, preset = args.worker
+        set_threads(args.threads, impl if impl == "open_clip" else os.environ["KERAS_BACKEND"])
+        fn = open_clip_worker if impl == "open_clip" else keras_worker
+        print("RESULT " + json.dumps(fn(preset, CASES.get(preset, 8), args.steps, args.device)))
+        return
+    ceiling = matmul_ceiling(args.threads) if args.device == "cpu" else None
+    results = {}
+    for preset in args.cases:
+        for impl in args.implementations:
+            backend = "torch" if impl == "open_clip" else impl
+            env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3",
+                       JAX_THREEFRY_PARTITIONABLE="false", HF_HUB_OFFLINE="1", PYTHONPATH=ROOT,
+                       OMP_NUM_THREADS=str(args.threads),
+                       XLA_FLAGS=f"--xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads={args.threads}")
+            cmd = [sys.executable, __file__, "--worker", impl, preset, "--steps", str(args.steps),
+                   "--threads", str(args.threads), "--device", args.device]
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+            if proc.returncode or not line:
+                print(f"{preset} / {impl} failed:\n{proc.stderr[-1500:]}", file=sys.stderr)
+                results[(preset, impl)] = None
+                continue
+            results[(preset, impl)] = json.loads(line[0][7:])
+    print(f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"{args.threads} threads each, device {args.device}"
+          + (f", float32 matmul ceiling {ceiling:.0f} GFLOP/s" if ceiling else ", bfloat16")
+          + f"; median of {args.steps} steps after the first.")
+    print()
+    print("| case (batch) | implementation | first step (s) | train step (ms) | pairs/s | vs open_clip "
+          "| achieved GFLOP/s (of ceiling) | image b1 / b32 (ms) | text b1 / b32 (ms) |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for preset in args.cases:
+        base = results.get((preset, "open_clip"))
+        flops = base.get("flops") if base else None
+        batch = CASES.get(preset, 8)
+        for impl in args.implementations:
+            r = results.get((preset, impl))
+            if r is None:
+                print(f"| {preset} ({batch}) | {impl} | failed | | | | | | |")
+                continue
+            ratio = f"{base['step_s'] / r['step_s']:.2f}x" if base else "n/a"
+            achieved = ""
+            if flops and ceiling:
+                g = flops / r["step_s"] / 1e9
+                achieved = f"{g:.1f} ({g / ceiling:.0%})"
+            name = "open_clip (torch)" if impl == "open_clip" else f"keras_clip {impl}"
+            print(f"| {preset} ({batch}) | {name} | {r['first_step_s']:.1f} | {1000 * r['step_s']:.0f} | "
+                  f"{batch / r['step_s']:.0f} | {ratio} | {achieved} | "
+                  f"{1000 * r['image_1_s']:.1f} / {1000 * r['image_32_s']:.0f} | "
+                  f"{1000 * r['text_1_s']:.1f} / {1000 * r['text_32_s']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
