@@ -70,7 +70,13 @@ def timed(fn, steps):
 
 
 def open_clip_worker(preset, batch, steps, device):
-    import numpy as np
+    import types
+
+    # PyPI's torchvision is a CUDA build that fails to import beside the CPU
+    # torch; an empty `_meta_registrations` lets open_clip import (as in the
+    # tests' conftest.py). Only torchvision's C kernels stay unavailable.
+    sys.modules.setdefault("torchvision._meta_registrations",
+                           types.ModuleType("torchvision._meta_registrations"))
     import open_clip
     import torch
     from open_clip.loss import ClipLoss

@@ -99,8 +99,8 @@ def figures(model, history, output_dir, heldout, heldout_probs, noto=None, noto_
 
 def run(
     output_dir="outputs/demo",
-    minutes=8.0,
-    epochs=12,
+    minutes=9.5,
+    epochs=22,
     batch_size=128,
     image_size=64,
     vocabulary_size=2000,
@@ -112,7 +112,7 @@ def run(
     crop_scale=(0.8, 1.0),
     rotation=10.0,
     model_overrides=None,
-    monitor_every=2,
+    monitor_every=4,
 ):
     """Trains, evaluates, saves; returns the metrics dict."""
     keras.utils.set_random_seed(seed)

@@ -78,6 +78,8 @@ def training_curves(history, path):
     Args:
         history: dict of metric name -> list of per-epoch values (a Keras
             `History.history`); an `"epoch"` list, if present, is the x axis.
+            A shorter list (a metric logged every N epochs) is drawn at
+            epochs N, 2N, ...; NaN entries are left out.
         path: output PNG path.
 
     Returns:
@@ -92,12 +94,19 @@ def training_curves(history, path):
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
     axes = np.atleast_1d(axes)
+    epochs = max(len(v) for v in history.values())
     for ax, (title, keys) in zip(axes, panels):
         for key in keys:
             values = np.asarray(history[key], dtype="float64")
-            x = np.asarray(history.get("epoch", np.arange(len(values))), "float64")
-            x = x[: len(values)] + 1
-            ax.plot(x, values, marker="o" if len(values) < 30 else None, ms=3, label=key)
+            if len(values) == epochs:
+                x = np.asarray(history.get("epoch", np.arange(epochs)), "float64") + 1
+            else:
+                # A callback that logs every N epochs leaves a shorter list
+                # (Keras's History keeps no epoch numbers): epochs N, 2N, ...
+                stride = epochs // len(values)
+                x = stride * (np.arange(len(values)) + 1.0)
+            keep = np.isfinite(values)
+            ax.plot(x[keep], values[keep], marker="o" if len(values) < 30 else None, ms=3, label=key)
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)

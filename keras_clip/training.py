@@ -130,7 +130,7 @@ class _StopOnSignals:
 
 
 def read_history(output_dir):
-    """`history.csv` as a dict of lists, one value per epoch (the last row of each)."""
+    """`history.csv` as a dict of lists, one value per epoch (the last row of each; NaN where not logged)."""
     path = os.path.join(output_dir, HISTORY)
     if not os.path.exists(path):
         return {}
@@ -138,14 +138,17 @@ def read_history(output_dir):
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
             rows[int(row["epoch"])] = row
-    history = {}
+    keys = {key for row in rows.values() for key in row}
+    history = {key: [] for key in keys}
     for epoch in sorted(rows):
-        for key, value in rows[epoch].items():
+        for key in keys:
+            # A metric logged every N epochs is empty in the other rows: NaN
+            # keeps every list aligned with the epochs.
             try:
-                history.setdefault(key, []).append(float(value))
+                history[key].append(float(rows[epoch].get(key)))
             except (TypeError, ValueError):
-                pass
-    return history
+                history[key].append(float("nan"))
+    return {k: v for k, v in history.items() if not all(np.isnan(v))}
 
 
 def train(
@@ -247,5 +250,11 @@ def train(
 
 
 def history_summary(history):
-    """The last value of each metric (for metrics.json)."""
-    return {k: float(np.asarray(v)[-1]) for k, v in history.items() if len(v)}
+    """The last logged value of each metric (for metrics.json)."""
+    out = {}
+    for key, values in history.items():
+        values = np.asarray(values, dtype="float64")
+        values = values[np.isfinite(values)]
+        if len(values):
+            out[key] = float(values[-1])
+    return out

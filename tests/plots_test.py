@@ -42,3 +42,10 @@ def test_similarity_matrix_and_prediction_grid(tmp_path):
         plots.prediction_grid(images, probs, list("vwxy"), str(tmp_path / "y.png"))
     with pytest.raises(ValueError, match="shape"):
         plots.prediction_grid([np.zeros((4, 4))], probs[:1], list("vwxyz"), str(tmp_path / "z.png"))
+
+
+def test_sparse_and_missing_values_are_drawn_where_they_were_logged(tmp_path):
+    # A metric logged every 2 epochs (a shorter list) and NaN gaps from a CSV log.
+    history = {"loss": [3.0, 2.0, 1.5, 1.2], "heldout_top1": [0.2, 0.4],
+               "val_retrieval_i2t_r1": [float("nan"), 0.3, float("nan"), 0.5]}
+    assert min(png_size(plots.training_curves(history, str(tmp_path / "s.png")))) > 100
