@@ -471,7 +471,9 @@ class CLIPModel(keras.Model):
                 this many rows, each recomputed in the backward pass, so at
                 most `(loss_chunk_size, global batch)` logits are alive at a
                 time (`keras_clip.losses.chunked_contrastive_loss`). Same
-                value and gradients; for very large batches.
+                value and gradients; for very large batches. Measured to
+                save memory on torch; under XLA (TF, JAX) the unrolled blocks
+                do not yet (README, "Scaling out").
             micro_batches: int or `None`; negative-preserving gradient
                 accumulation: each batch runs through the towers in this many
                 slices whose activations are recomputed in the backward pass,
