@@ -50,7 +50,7 @@ def read_captions(kind, paths, csv_caption_key="title", csv_separator=None, limi
         import csv
 
         for path in paths:
-            sep = csv_separator or ("\t" if path.endswith((".tsv", ".txt")) else ",")
+            sep = data.csv_separator(path, csv_separator)
             with open(path, newline="", encoding="utf-8", errors="replace") as f:
                 captions.extend(row.get(csv_caption_key) or "" for row in csv.DictReader(f, delimiter=sep))
     elif kind == "webdataset":
@@ -83,7 +83,7 @@ def count_rows(kind, paths, csv_separator=None):
 
     n = 0
     for path in paths:
-        sep = csv_separator or ("\t" if path.endswith((".tsv", ".txt")) else ",")
+        sep = data.csv_separator(path, csv_separator)
         with open(path, newline="", encoding="utf-8", errors="replace") as f:
             n += sum(1 for _ in csv.DictReader(f, delimiter=sep))
     return n
@@ -358,7 +358,7 @@ def load_pairs_csv(path, image_key="filepath", caption_key="title", separator=No
     """
     import csv
 
-    sep = separator or ("\t" if path.endswith((".tsv", ".txt")) else ",")
+    sep = data.csv_separator(path, separator)
     root = os.path.dirname(os.path.abspath(path))
     with open(path, newline="", encoding="utf-8", errors="replace") as f:
         reader = csv.DictReader(f, delimiter=sep)
@@ -391,12 +391,12 @@ def load_pairs_csv(path, image_key="filepath", caption_key="title", separator=No
             "text_to_image": np.asarray(text_to_image, np.int64), "bad": bad}
 
 
-def similarity_figure(model, images, captions, path):
+def similarity_figure(model, images, captions, path,
+                      title="cosine similarity, captions x images"):
     """The similarity-matrix PNG of `images` against `captions`."""
     img = zero_shot.encode_images(model, list(images))
     txt = encode_texts_with_progress(model, list(captions), verbose=False)
-    return plots.similarity_matrix(images, list(captions), txt @ img.T, path,
-                                   title="cosine similarity, captions x images")
+    return plots.similarity_matrix(images, list(captions), txt @ img.T, path, title=title)
 
 
 def _report_bad(bad):
@@ -457,6 +457,8 @@ def run_eval_retrieval(model_path, data, output_dir, csv_img_key="filepath", csv
     txt = encode_texts_with_progress(model, pairs["captions"], verbose=verbose)
     metrics = retrieval_metrics(img, txt, pairs["text_to_image"])
     os.makedirs(output_dir, exist_ok=True)
+    # The first eight images against their first captions, from the
+    # embeddings already computed.
     first = [int(np.flatnonzero(pairs["text_to_image"] == i)[0]) for i in range(min(8, len(img)))]
     figure = plots.similarity_matrix(
         [pairs["images"][i] for i in range(len(first))], [pairs["captions"][t] for t in first],

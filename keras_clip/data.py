@@ -83,6 +83,13 @@ def _finish_rows(rows, num_shards, shard_index, shuffle_buffer, options):
     return rows
 
 
+def csv_separator(path, separator=None):
+    """`separator`, or open_clip's default for `path`: a tab for `.tsv` / `.txt`, else a comma."""
+    if separator is not None:
+        return separator
+    return "\t" if os.fspath(path).endswith((".tsv", ".txt")) else ","
+
+
 def from_csv(
     path,
     tokenizer,
@@ -123,8 +130,7 @@ def from_csv(
     """
     check_sharding(num_shards, shard_index)
     path = os.fspath(path)
-    if separator is None:
-        separator = "\t" if path.endswith((".tsv", ".txt")) else ","
+    separator = csv_separator(path, separator)
     root = os.path.dirname(os.path.abspath(path)) if image_root is None else image_root
     with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
         reader = csv.DictReader(f, delimiter=separator)

@@ -16,7 +16,7 @@ import time
 import keras
 import numpy as np
 
-from keras_clip import data, plots, zero_shot
+from keras_clip import app, data, plots, zero_shot
 from keras_clip.callbacks import ZeroShotEvaluation
 from keras_clip.datasets import emoji
 from keras_clip.model import CLIPModel
@@ -80,10 +80,8 @@ def figures(model, history, output_dir, heldout, heldout_probs, noto=None, noto_
     pick = sorted(rng.choice(sorted(first.values()), size=min(8, len(first)), replace=False))
     images = [heldout.images[i] for i in pick]
     captions = [heldout.captions[i] for i in pick]
-    img = zero_shot.encode_images(model, images)
-    txt = zero_shot.encode_texts(model, np.asarray(model.tokenizer(captions)))
-    out["similarity"] = plots.similarity_matrix(
-        images, captions, txt @ img.T, os.path.join(output_dir, "similarity.png"),
+    out["similarity"] = app.similarity_figure(
+        model, images, captions, os.path.join(output_dir, "similarity.png"),
         title="held-out concepts: cosine similarity of captions and images")
     grid = rng.choice(len(heldout), size=min(18, len(heldout)), replace=False)
     out["heldout_predictions"] = plots.prediction_grid(

@@ -494,21 +494,16 @@ class CLIPModel(keras.Model):
         # "auto" resolves per backend (False under torch); remember what was
         # asked so a file saved under torch still compiles with XLA elsewhere.
         self._requested_jit_compile = kwargs.get("jit_compile", "auto")
-        if loss_chunk_size is not None and (
-            not isinstance(loss_chunk_size, int) or loss_chunk_size < 1
+        for name, value in (
+            ("loss_chunk_size", loss_chunk_size),
+            ("micro_batches", micro_batches),
         ):
-            raise ValueError(
-                "Expected `loss_chunk_size` to be a positive int or None. "
-                f"Received: {loss_chunk_size!r}"
-            )
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(
+                    f"Expected `{name}` to be a positive int or None. "
+                    f"Received: {value!r}"
+                )
         self._loss_chunk_size = loss_chunk_size
-        if micro_batches is not None and (
-            not isinstance(micro_batches, int) or micro_batches < 1
-        ):
-            raise ValueError(
-                "Expected `micro_batches` to be a positive int or None. "
-                f"Received: {micro_batches!r}"
-            )
         self._micro_batches = micro_batches
         super().compile(optimizer=optimizer, **kwargs)
         self._exclude_from_weight_decay = exclude_from_weight_decay
