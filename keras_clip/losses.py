@@ -85,11 +85,15 @@ def contrastive_loss(logits_per_image, logits_per_text=None, labels=None):
 
 def chunked_contrastive_loss(image, text, scale, chunk_size, labels=None,
                              all_image=None, all_text=None):
-    """`contrastive_loss` computed in blocks of rows, each recomputed for the gradient.
+    """`contrastive_loss` computed in blocks of rows, with a blockwise gradient.
 
     Only one `(chunk_size, M)` block of logits is alive at a time, in the
-    forward pass and (through `keras.remat`) in the backward pass, instead of
-    the whole `(N, M)` matrix. Value and gradients equal the unchunked loss.
+    forward and in the backward pass, instead of the whole `(N, M)` matrix:
+    the blocks run inside a loop primitive (`ops.fori_loop`: an XLA / TF
+    while loop, a Python loop on torch) and the gradient is written by hand
+    (`softmax - one_hot` per block, recomputed), so no backend stores the
+    blocks for the backward pass. Value and gradients equal the unchunked
+    loss.
 
     Args:
         image: `(N, E)` unit image embeddings (this replica's rows).
@@ -104,9 +108,7 @@ def chunked_contrastive_loss(image, text, scale, chunk_size, labels=None,
         `(loss, image_to_text_accuracy, text_to_image_accuracy)` as in
         `contrastive_loss`.
     """
-    import keras
-
-    if not isinstance(chunk_size, int) or chunk_size < 1:
+    if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
         raise ValueError(f"Expected a positive int `chunk_size`. Received: {chunk_size!r}")
     image = ops.cast(image, "float32")
     text = ops.cast(text, "float32")
@@ -121,23 +123,170 @@ def chunked_contrastive_loss(image, text, scale, chunk_size, labels=None,
     if labels is None:
         labels = ops.arange(n, dtype="int32")
     labels = ops.cast(labels, "int32")
+    scale = ops.cast(scale, "float32")
+    i2t_nll, i2t_hits = _blocked_cross_entropy(image, all_text, scale, labels, chunk_size)
+    t2i_nll, t2i_hits = _blocked_cross_entropy(text, all_image, scale, labels, chunk_size)
+    return 0.5 * (i2t_nll + t2i_nll) / n, i2t_hits / n, t2i_hits / n
 
-    def block(rows, columns, block_labels, scale):
-        logits = scale * ops.matmul(rows, ops.transpose(columns))
+
+# The blockwise cross-entropy: sums over rows of -log softmax(scale * R C^T)
+# at each row's label, and of argmax hits. `_blocks_forward` /
+# `_blocks_backward` are plain `keras.ops` loops shared by the three
+# backends; `_blocked_cross_entropy` attaches the backward to the forward
+# with each backend's own custom-gradient mechanism.
+
+
+def _padded_rows(rows, labels, chunk):
+    # Pads N rows up to a multiple of `chunk`; padded rows get weight 0.
+    n = rows.shape[0]
+    blocks = -(-n // chunk)
+    pad = blocks * chunk - n
+    weights = ops.ones((n,), "float32")
+    if pad:
+        rows = ops.pad(rows, [[0, pad], [0, 0]])
+        labels = ops.pad(labels, [[0, pad]])
+        weights = ops.pad(weights, [[0, pad]])
+    return rows, labels, weights, blocks
+
+
+def _block(rows, labels, weights, i, chunk):
+    start = i * chunk
+    width = rows.shape[1]
+    return (
+        ops.slice(rows, [start, 0], [chunk, width]),
+        ops.slice(labels, [start], [chunk]),
+        ops.slice(weights, [start], [chunk]),
+    )
+
+
+def _blocks_forward(rows, columns, scale, labels, chunk):
+    rows, labels, weights, blocks = _padded_rows(rows, labels, chunk)
+
+    def body(i, totals):
+        nll, hits = totals
+        r, y, w = _block(rows, labels, weights, i, chunk)
+        logits = scale * ops.matmul(r, ops.transpose(columns))
         log_probs = ops.log_softmax(logits, axis=-1)
-        picked = ops.take_along_axis(log_probs, block_labels[:, None], axis=-1)[:, 0]
-        hits = ops.cast(ops.equal(ops.argmax(logits, axis=-1), block_labels), "float32")
-        return -ops.sum(picked), ops.sum(hits)
+        picked = ops.take_along_axis(log_probs, y[:, None], axis=-1)[:, 0]
+        hit = ops.cast(ops.equal(ops.argmax(logits, axis=-1), y), "float32")
+        return nll - ops.sum(w * picked), hits + ops.sum(w * hit)
 
-    block = keras.remat(block)
-    totals = []
-    for rows, columns in ((image, all_text), (text, all_image)):
-        loss_sum, hit_sum = 0.0, 0.0
-        for start in range(0, n, chunk_size):
-            stop = min(start + chunk_size, n)
-            nll, hits = block(rows[start:stop], columns, labels[start:stop], scale)
-            loss_sum = loss_sum + nll
-            hit_sum = hit_sum + hits
-        totals.append((loss_sum / n, hit_sum / n))
-    (i2t_loss, i2t_acc), (t2i_loss, t2i_acc) = totals
-    return 0.5 * (i2t_loss + t2i_loss), i2t_acc, t2i_acc
+    zero = ops.zeros((), "float32")
+    return ops.fori_loop(0, blocks, body, (zero, zero))
+
+
+def _blocks_backward(rows, columns, scale, labels, chunk, upstream):
+    n = rows.shape[0]
+    rows, labels, weights, blocks = _padded_rows(rows, labels, chunk)
+    m = ops.shape(columns)[0]  # dynamic under a TF replica all-gather
+
+    def body(i, grads):
+        d_rows, d_columns, d_scale = grads
+        r, y, w = _block(rows, labels, weights, i, chunk)
+        cosines = ops.matmul(r, ops.transpose(columns))
+        probs = ops.softmax(scale * cosines, axis=-1)
+        # d(-log p_y) / d logits = softmax - one_hot, per weighted row.
+        g = (probs - ops.one_hot(y, m, dtype="float32")) * (upstream * w)[:, None]
+        d_rows = ops.slice_update(
+            d_rows, [i * chunk, 0], scale * ops.matmul(g, columns)
+        )
+        d_columns = d_columns + scale * ops.matmul(ops.transpose(g), r)
+        d_scale = d_scale + ops.sum(g * cosines)
+        return d_rows, d_columns, d_scale
+
+    init = (ops.zeros_like(rows), ops.zeros_like(columns), ops.zeros((), "float32"))
+    d_rows, d_columns, d_scale = ops.fori_loop(0, blocks, body, init)
+    return d_rows[:n], d_columns, d_scale
+
+
+def _blocked_cross_entropy(rows, columns, scale, labels, chunk):
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "jax":
+        return _jax_blocked(chunk)(rows, columns, scale, labels)
+    if backend == "torch":
+        return _TorchBlocked.apply(rows, columns, scale, labels, chunk)
+    if backend == "tensorflow":
+        return _tf_blocked(rows, columns, scale, labels, chunk)
+    # Other backends: autodiff through the loop (correct, not memory-bounded).
+    return _blocks_forward(rows, columns, scale, labels, chunk)
+
+
+def _tf_blocked(rows, columns, scale, labels, chunk):
+    import tensorflow as tf
+
+    @tf.custom_gradient
+    def blocked(rows, columns, scale):
+        nll, hits = _blocks_forward(rows, columns, scale, labels, chunk)
+
+        def grad(d_nll, d_hits):
+            del d_hits  # Accuracy has no gradient.
+            return _blocks_backward(rows, columns, scale, labels, chunk, d_nll)
+
+        return (nll, tf.stop_gradient(hits)), grad
+
+    return blocked(rows, columns, scale)
+
+
+_JAX_BLOCKED = {}
+
+
+def _jax_blocked(chunk):
+    if chunk in _JAX_BLOCKED:
+        return _JAX_BLOCKED[chunk]
+    import jax
+    import numpy as np
+
+    @jax.custom_vjp
+    def blocked(rows, columns, scale, labels):
+        return _blocks_forward(rows, columns, scale, labels, chunk)
+
+    def forward(rows, columns, scale, labels):
+        return blocked(rows, columns, scale, labels), (rows, columns, scale, labels)
+
+    def backward(saved, cotangents):
+        rows, columns, scale, labels = saved
+        d_rows, d_columns, d_scale = _blocks_backward(
+            rows, columns, scale, labels, chunk, cotangents[0]
+        )
+        # Integer labels take a float0 (no-gradient) cotangent.
+        return d_rows, d_columns, d_scale, np.zeros(labels.shape, jax.dtypes.float0)
+
+    blocked.defvjp(forward, backward)
+    _JAX_BLOCKED[chunk] = blocked
+    return blocked
+
+
+class _LazyTorchFunction:
+    # A torch autograd Function defined on first use (torch imports lazily).
+    def __init__(self):
+        self.fn = None
+
+    def apply(self, *args):
+        if self.fn is None:
+            import torch
+
+            class Blocked(torch.autograd.Function):
+                @staticmethod
+                def forward(ctx, rows, columns, scale, labels, chunk):
+                    ctx.save_for_backward(rows, columns, scale, labels)
+                    ctx.chunk = chunk
+                    nll, hits = _blocks_forward(rows, columns, scale, labels, chunk)
+                    ctx.mark_non_differentiable(hits)
+                    return nll, hits
+
+                @staticmethod
+                def backward(ctx, d_nll, d_hits):
+                    rows, columns, scale, labels = ctx.saved_tensors
+                    with torch.no_grad():
+                        grads = _blocks_backward(
+                            rows, columns, scale, labels, ctx.chunk, d_nll
+                        )
+                    return (*grads, None, None)
+
+            self.fn = Blocked
+        return self.fn.apply(*args)
+
+
+_TorchBlocked = _LazyTorchFunction()
