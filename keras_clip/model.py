@@ -2,6 +2,7 @@
 
 import keras
 from keras import ops
+from keras.src.backend.common.stateless_scope import in_stateless_scope
 
 from keras_clip import configs, distributed
 from keras_clip.losses import (
@@ -285,6 +286,12 @@ class CLIPModel(keras.Model):
             training: batch-norm mode (ResNet).
         """
         self._check_images(images)
+        compiled = self._compiled_encoder("image", normalize, images, training)
+        if compiled is not None:
+            return compiled(images)
+        return self._encode_image(images, normalize, training)
+
+    def _encode_image(self, images, normalize, training):
         features = self.image_encoder(images, training=training)  # (B, W)
         if self.image_projection is not None:
             features = self.image_projection(features)  # (B, E)
@@ -298,9 +305,79 @@ class CLIPModel(keras.Model):
             normalize: L2-normalise (in float32).
         """
         self._check_token_ids(token_ids)
+        compiled = self._compiled_encoder("text", normalize, token_ids, training)
+        if compiled is not None:
+            return compiled(token_ids)
+        return self._encode_text(token_ids, normalize, training)
+
+    def _encode_text(self, token_ids, normalize, training):
         features = self.text_encoder(token_ids, training=training)  # (B, W)
         features = self.text_projection(features)  # (B, E)
         return l2_normalize(features) if normalize else features
+
+    def _compiled_encoder(self, tower, normalize, inputs, training):
+        """A compiled inference function for one tower, or `None` for eager.
+
+        Called with concrete inputs outside any trace, `encode_image` /
+        `encode_text` run as one compiled program (`tf.function`, with XLA
+        when `model.jit_compile` resolves to it; `jax.jit`), as `predict`
+        does, instead of op by op. Eager when training, when `run_eagerly`
+        or (JAX) `jit_compile=False` is set, inside a trace, and on torch
+        (whose eager kernels are what open_clip runs too).
+        """
+        if training or self.run_eagerly:
+            return None
+        backend = keras.backend.backend()
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            if not tf.executing_eagerly() or isinstance(inputs, keras.KerasTensor):
+                return None
+        elif backend == "jax":
+            import jax
+
+            if (
+                isinstance(inputs, (jax.core.Tracer, keras.KerasTensor))
+                or in_stateless_scope()
+                or not self.jit_compile
+            ):
+                return None
+        else:
+            return None
+        if not self.built:
+            return None
+        cache = self.__dict__.setdefault("_compiled_encoders", {})
+        key = (tower, bool(normalize), backend == "tensorflow" and bool(self.jit_compile))
+        if key not in cache:
+            cache[key] = self._make_compiled_encoder(tower, bool(normalize), backend)
+        return cache[key]
+
+    def _make_compiled_encoder(self, tower, normalize, backend):
+        if tower == "image":
+            layers = [self.image_encoder, self.image_projection]
+
+            def encode(x):
+                return self._encode_image(x, normalize, False)
+        else:
+            layers = [self.text_encoder, self.text_projection]
+
+            def encode(x):
+                return self._encode_text(x, normalize, False)
+
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            return tf.function(encode, jit_compile=bool(self.jit_compile), reduce_retracing=True)
+        import jax
+
+        variables = [v for layer in layers if layer is not None for v in layer.variables]
+
+        def stateless(values, x):
+            with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+                return encode(x)
+
+        jitted = jax.jit(stateless)
+        return lambda x: jitted([v.value for v in variables], x)
 
     def call(self, inputs, training=None):
         if not isinstance(inputs, dict) or not {"images", "token_ids"} <= set(

@@ -123,6 +123,31 @@ def test_encoders_and_logits_agree(name):
     assert float(to_np(model.logit_scale)) == pytest.approx(math.log(1 / 0.07))
 
 
+@pytest.mark.parametrize("name", ["tiny-vit", "tiny-resnet"])
+def test_compiled_encoders_follow_the_weights_and_match_eager(name):
+    # encode_image / encode_text run compiled on TF and JAX (tf.function /
+    # jax.jit); after training changes the weights (and the ResNet's batch
+    # norm statistics) they must give what the eager layers give.
+    model = keras_clip.CLIPModel.from_preset(name)
+    images, ids = synthetic_pairs(model.config, 4)
+    before = to_np(model.encode_image(images))
+    model.compile(optimizer=keras.optimizers.SGD(0.05))
+    model.fit({"images": images, "token_ids": ids}, batch_size=4, epochs=1, verbose=0)
+    image, text = to_np(model.encode_image(images)), to_np(model.encode_text(ids))
+    assert np.isfinite(image).all() and np.isfinite(text).all()
+    raw = to_np(model.encode_image(images, normalize=False))
+    if keras.backend.backend() != "torch":
+        assert {"image", "text"} <= {k[0] for k in model.__dict__["_compiled_encoders"]}
+    model.run_eagerly = True
+    assert model._compiled_encoder("image", True, images, False) is None
+    np.testing.assert_allclose(image, to_np(model.encode_image(images)), atol=1e-5)
+    np.testing.assert_allclose(text, to_np(model.encode_text(ids)), atol=1e-5)
+    # Unnormalised features can be large: compare relative to their scale.
+    np.testing.assert_allclose(raw, to_np(model.encode_image(images, normalize=False)),
+                               atol=1e-5 * np.abs(raw).max())
+    assert np.abs(image - before).max() > 1e-3
+
+
 def test_shorter_token_sequences_match_padded_ones():
     model = keras_clip.CLIPModel.from_preset("tiny-vit")
     _, ids = synthetic_pairs(model.config, 2)
