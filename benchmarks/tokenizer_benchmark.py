@@ -3,7 +3,9 @@
 Prints a Markdown table: eager (Python lists in, arrays out) and inside a
 `tf.data` map (batched string tensors), median of several timed runs after
 a warm-up run, with the machine and thread settings. Every side gets the
-same captions and the same thread limits.
+same captions and the same thread limits. One more keras_clip row runs the
+map on captions of which a share (`--mojibake`) went through the wrong
+codec: the rows that keras_clip cleans in Python inside the graph.
 
     python benchmarks/tokenizer_benchmark.py [--texts 4000] [--repeats 5]
 """
@@ -42,6 +44,16 @@ def make_captions(count, seed=0):
     ]
 
 
+def with_mojibake(captions, share):
+    """Every `1 / share`-th caption as UTF-8 read as Windows-1252."""
+    step = max(1, round(1 / share)) if share > 0 else len(captions) + 1
+    return [
+        (c + " café “quoted”").encode("utf-8").decode("cp1252", "replace")
+        if i % step == 0 else c
+        for i, c in enumerate(captions)
+    ]
+
+
 def median_rate(fn, count, repeats):
     fn()  # warm-up: tracing, caches
     times = []
@@ -58,6 +70,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--mojibake", type=float, default=0.05,
+                        help="share of mojibake captions in the last row")
     args = parser.parse_args()
 
     import tensorflow as tf
@@ -73,6 +87,7 @@ def main():
     from keras_clip.tokenizer import CLIPTokenizer
 
     captions = make_captions(args.texts)
+    mojibake = with_mojibake(captions, args.mojibake)
     ours = CLIPTokenizer.from_openai_vocab()
     reference = open_clip.get_tokenizer("ViT-B-32")
     vocab = {t: i for i, t in enumerate(ours.vocabulary)}
@@ -88,10 +103,10 @@ def main():
 
     steps = -(-len(captions) // args.batch_size)
 
-    def pipeline(fn):
+    def pipeline(fn, texts=captions):
         # One long-lived iterator (as with `repeat()` + `steps_per_epoch`):
         # a new iterator re-instantiates the map function (see latency).
-        ds = tf.data.Dataset.from_tensor_slices(captions).repeat()
+        ds = tf.data.Dataset.from_tensor_slices(texts).repeat()
         ds = ds.batch(args.batch_size).map(
             fn, num_parallel_calls=args.threads
         ).prefetch(1)
@@ -124,9 +139,14 @@ def main():
          f"{args.batch_size}", pipeline(ours)),
         ("keras-hub CLIPTokenizer", "tf.data map, batch "
          f"{args.batch_size}", pipeline(hub_graph)),
+        ("keras_clip CLIPTokenizer", "tf.data map, batch "
+         f"{args.batch_size}, {args.mojibake:.0%} mojibake",
+         pipeline(ours, mojibake)),
     ]
     ours_ids = ours(captions)
     assert (ours_ids == reference(captions).numpy()).all()
+    graph_ids = ours(tf.constant(mojibake)).numpy()
+    assert (graph_ids == reference(mojibake).numpy()).all()
 
     print(f"Machine: {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores, Python {platform.python_version()}, "

@@ -2,15 +2,28 @@
 
 OpenAI CLIP cleans text with `ftfy.fix_text`, `html.unescape` (twice), a
 whitespace collapse and `str.lower`. This module rebuilds those steps from
-TensorFlow / tensorflow-text ops so that the in-graph tokenizer needs no
-Python callback. Every table (ftfy's character maps, HTML entities, Unicode
-case mappings, character classes) is read from the running Python, ftfy and
-`regex` at build time, so the graph follows the same library versions as the
-eager path.
+TensorFlow / tensorflow-text ops. Every table (ftfy's character maps, HTML
+entities, Unicode case mappings, character classes) is read from the running
+Python, ftfy and `regex` at build time, so the graph follows the same library
+versions as the eager path.
 
-Not reproduced (see the tokenizer docs): ftfy's mojibake repair
-(`fix_encoding`: re-decoding text that went through the wrong codec) and
-ftfy's NFC when ICU and Python disagree on a Unicode version.
+Two parts of `fix_text` are not rebuilt as ops; the rows they could touch
+are found in graph and cleaned by the eager Python code instead (one
+`tf.numpy_function` call per batch that has such rows, on those rows only):
+
+- ftfy's mojibake repair (`fix_encoding`). ftfy leaves a text alone unless
+  its heuristic `badness.is_bad` fires; that heuristic is one regular
+  expression, translated here to RE2 and tested at the same point of every
+  `fix_text` round as ftfy tests it.
+- NFC where ICU (tensorflow-text) and Python's `unicodedata` know different
+  Unicode versions: the characters whose normalisation differs are found
+  at build time by probing every code point through both.
+
+Rows that still change after the graph's last `fix_text` round, hold a NUL
+or are not valid UTF-8 take the same route. So ids match the eager path on
+every string; with typical captions the callback gets no row at all. The
+callback ties a pipeline to this Python process (no `tf.data` service, no
+SavedModel export of the map).
 
 Imported lazily: only the in-graph tokenizer imports this module.
 """
@@ -18,13 +31,21 @@ Imported lazily: only the in-graph tokenizer imports this module.
 import functools
 import html
 import html.entities
-import sys
 
 import regex
 import tensorflow as tf
 import tensorflow_text as tf_text
+from ftfy import badness
 from ftfy import chardata
 from ftfy import fixes
+
+from keras_clip.text_cleaning_python_rows import (
+    _all_characters,
+    _char_class,
+    clean_in_python,
+    nfc_suspects,
+    re2_search_superset,
+)
 
 # Returned by a table lookup on a miss. No mapped value contains it.
 _MISS = "\x00\x01miss"
@@ -36,33 +57,11 @@ _HTML_CHARREF = (
 # ftfy's pattern for entities it decodes (`chardata.HTML_ENTITY_RE`).
 _FTFY_ENTITY = r"&#?[0-9A-Za-z]{1,24};"
 _NUMERIC_REF = r"&#[0-9]+;?|&#[xX][0-9a-fA-F]+;?"
+# Rounds of `fix_text` in graph; rows still changing then go to Python.
+_MAX_ROUNDS = 32
 # ftfy's `remove_terminal_escapes` (its `\d` is Unicode: `\p{Nd}`).
 _ANSI_ESCAPE = r"\x1b\[(?:\p{Nd}|;)*[a-zA-Z]"
 
-
-def _char_class(chars, negate=False):
-    """An RE2 character class for a set of characters, as ranges."""
-    points = sorted(ord(c) for c in chars)
-    parts = []
-    i = 0
-    while i < len(points):
-        j = i
-        while j + 1 < len(points) and points[j + 1] == points[j] + 1:
-            j += 1
-        if i == j:
-            parts.append(f"\\x{{{points[i]:x}}}")
-        else:
-            parts.append(f"\\x{{{points[i]:x}}}-\\x{{{points[j]:x}}}")
-        i = j + 1
-    return "[" + ("^" if negate else "") + "".join(parts) + "]"
-
-
-@functools.lru_cache(maxsize=None)
-def _all_characters():
-    """Every Unicode scalar value (surrogates excluded) as one string."""
-    return "".join(map(chr, range(0xD800))) + "".join(
-        map(chr, range(0xE000, sys.maxunicode + 1))
-    )
 
 
 @functools.lru_cache(maxsize=None)
@@ -127,6 +126,7 @@ def _ftfy_char_maps():
     return first, control
 
 
+
 def _string_table(mapping, default=_MISS):
     keys = list(mapping)
     return tf.lookup.StaticHashTable(
@@ -168,8 +168,20 @@ class CharacterMap:
         return tf.strings.reduce_join(chars.with_flat_values(mapped), axis=1)
 
 
+@functools.lru_cache(maxsize=None)
+def shared_cleaner():
+    """The process's `GraphTextCleaner`: cleaning needs no vocabulary, so
+    one set of tables and one traced function serve every tokenizer."""
+    with tf.init_scope():
+        return GraphTextCleaner()
+
+
 class GraphTextCleaner:
-    """Builds the TF tables once; `__call__` cleans a 1-D string tensor."""
+    """Builds the TF tables once; `__call__` cleans a 1-D string tensor.
+
+    `function` is `clean_or_flag` as a `tf.function`: the graph-cleaned
+    text and the mask of rows that `__call__` cleans in Python instead.
+    """
 
     def __init__(self):
         first, control = _ftfy_char_maps()
@@ -204,15 +216,53 @@ class GraphTextCleaner:
             digits[ord(ch)] = k
             digits[ord(ch.upper())] = k
         self.digit_values = tf.constant(digits, tf.int64)
+        # Rows that go to Python: ftfy's mojibake heuristic could fire, or
+        # they hold a character whose NFC is suspect (or that ftfy's maps,
+        # applied before NFC, turn into one).
+        suspects = set(nfc_suspects())
+        suspects |= {k for k, v in first.items() if suspects & set(v)}
+        pattern = re2_search_superset(badness.BADNESS_RE)
+        if suspects:
+            pattern += "|" + _char_class(suspects)
+        self.eager_pattern = f"(?s).*(?:{pattern}).*"
+        self.function = tf.function(
+            self.clean_or_flag,
+            input_signature=[tf.TensorSpec([None], tf.string)],
+            autograph=False,
+        )
 
     def __call__(self, text):
+        """Cleaned text: `bpe.clean_text` of each row of a 1-D tensor."""
+        cleaned, eager = self.function(text)
+
+        def python_rows():
+            # The flagged rows, cleaned from the input by the eager code.
+            index = tf.where(eager)
+            fixed = tf.numpy_function(
+                clean_in_python, [tf.gather(text, index[:, 0])],
+                tf.string, stateful=False,
+            )
+            fixed = tf.ensure_shape(fixed, [None])
+            return tf.tensor_scatter_nd_update(cleaned, index, fixed)
+
+        # Batches with no flagged row (most) never enter Python.
+        return tf.cond(tf.reduce_any(eager), python_rows, lambda: cleaned)
+
+    def clean_or_flag(self, text):
+        """Graph-cleaned text, and a mask of rows it may get wrong.
+
+        Where the mask is False the text equals `bpe.clean_text`; where it
+        is True, `__call__` cleans the row in Python instead.
+        """
         # ftfy drops NUL anyway; tensorflow-text's regex_split stops at it.
-        text = tf.strings.regex_replace(text, "\x00", "")
-        text = tf.strings.unicode_transcode(
-            text, "UTF-8", "UTF-8", errors="replace",
+        valid = tf.strings.regex_replace(text, "\x00", "")
+        valid = tf.strings.unicode_transcode(
+            valid, "UTF-8", "UTF-8", errors="replace",
             replace_control_characters=False,
         )
-        text = self.fix_text(text)
+        # NUL or invalid UTF-8: the rounds below would not see ftfy's text.
+        eager = tf.not_equal(valid, text)
+        text, flagged = self.fix_text(valid)
         # `html.unescape` twice, as a loop so the graph holds one copy.
         text = tf.while_loop(
             lambda t: True, lambda t: (self.html_unescape(t),), (text,),
@@ -220,10 +270,17 @@ class GraphTextCleaner:
         )[0]
         text = tf.strings.regex_replace(text, self.whitespace, " ")
         text = tf.strings.regex_replace(text, "^ | $", "")
-        return self.lower(text)
+        return self.lower(text), eager | flagged
 
     # ftfy.fix_text -----------------------------------------------------
     def fix_text(self, text):
+        """ftfy's `fix_text` but `fix_encoding`, and the rows that need it.
+
+        A row is flagged where ftfy's mojibake heuristic could fire at the
+        start of a round (after HTML unescaping, where `fix_encoding`
+        runs), where ICU's NFC could differ from Python's, or where the
+        text still changes after the last round.
+        """
         # ftfy only decodes HTML entities in lines before the first line
         # that contains "<" (its `unescape_html="auto"`).
         has_tag = tf.strings.regex_full_match(text, "(?s).*<.*")
@@ -236,21 +293,26 @@ class GraphTextCleaner:
         )
         tail = tf.where(has_tag, tail, tf.zeros_like(text))
 
-        def step(head, tail, _):
-            new_head = self._fix_once(self.ftfy_unescape(head))
+        def step(head, tail, flagged, _):
+            unescaped = self.ftfy_unescape(head)
+            # Where ftfy runs `fix_encoding` (and just before NFC).
+            flagged |= tf.strings.regex_full_match(
+                unescaped, self.eager_pattern
+            ) | tf.strings.regex_full_match(tail, self.eager_pattern)
+            new_head = self._fix_once(unescaped)
             new_tail = self._fix_once(tail)
-            changed = tf.reduce_any(
-                tf.not_equal(new_head, head) | tf.not_equal(new_tail, tail)
+            changed = tf.not_equal(new_head, head) | tf.not_equal(
+                new_tail, tail
             )
-            return new_head, new_tail, changed
+            return new_head, new_tail, flagged, changed
 
-        head, tail, _ = tf.while_loop(
-            lambda h, t, changed: changed,
+        head, tail, flagged, changed = tf.while_loop(
+            lambda h, t, f, changed: tf.reduce_any(changed),
             step,
-            (head, tail, tf.constant(True)),
-            maximum_iterations=32,
+            (head, tail, tf.zeros_like(has_tag), tf.ones_like(has_tag)),
+            maximum_iterations=_MAX_ROUNDS,
         )
-        return tf.strings.join([head, tail])
+        return tf.strings.join([head, tail]), flagged | changed
 
     def _fix_once(self, text):
         text = tf.strings.regex_replace(text, "\r\n", "\n")

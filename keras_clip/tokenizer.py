@@ -115,7 +115,11 @@ class CLIPTokenizer(keras.layers.Layer):
     array runs in pure Python and returns a NumPy int32 array; calling it on
     a `tf.string` tensor (eagerly or inside `tf.data.Dataset.map`) runs
     TensorFlow ops and returns a `tf.int32` tensor. A scalar input gives
-    shape `(context_length,)`, a 1-D input `(batch, context_length)`.
+    shape `(context_length,)`, a 1-D input `(batch, context_length)`. The
+    few rows the ops cannot clean exactly (mojibake that ftfy repairs, see
+    `text_cleaning_graph`) are cleaned by the eager code through a
+    `tf.numpy_function`, so the ids are the same on every string and a
+    pipeline must run where Python does (not in `tf.data` service).
 
     Args:
         vocabulary: list of token strings, index = id. `None` builds it from

@@ -1,10 +1,11 @@
-"""In-graph CLIP tokenization (TensorFlow + tensorflow-text, no Python).
+"""In-graph CLIP tokenization (TensorFlow + tensorflow-text ops).
 
 `GraphTokenizer` mirrors `bpe.BytePairEncoder` op for op: clean the text
-(`text_cleaning_graph`), split it with CLIP's pattern, byte-encode each word,
-apply the BPE merges in a `tf.while_loop`, add SOT / EOT, truncate and pad.
-Words already seen are served from a `MutableHashTable` cache, as OpenAI's
-Python tokenizer caches them in a dict.
+(`text_cleaning_graph`, which hands the few rows it cannot clean exactly,
+such as mojibake, to the eager Python code), split it with CLIP's pattern,
+byte-encode each word, apply the BPE merges in a `tf.while_loop`, add
+SOT / EOT, truncate and pad. Words already seen are served from a
+`MutableHashTable` cache, as OpenAI's Python tokenizer caches them in a dict.
 
 Imported lazily: `keras_clip` works without TensorFlow installed.
 """
@@ -12,7 +13,7 @@ Imported lazily: `keras_clip` works without TensorFlow installed.
 import tensorflow as tf
 
 from keras_clip import bpe
-from keras_clip.text_cleaning_graph import GraphTextCleaner
+from keras_clip.text_cleaning_graph import shared_cleaner
 from keras_clip.text_cleaning_graph import word_pattern_classes
 
 _NO_MERGE = 2**30
@@ -48,7 +49,7 @@ class GraphTokenizer:
             parse_special_tokens
         )
         with tf.init_scope():
-            self.cleaner = GraphTextCleaner()
+            self.cleaner = shared_cleaner()
             byte_map = bpe.bytes_to_unicode()
             self.byte_to_symbol = tf.lookup.StaticHashTable(
                 tf.lookup.KeyValueTensorInitializer(
