@@ -234,6 +234,42 @@ def random_rotate(image, max_degrees, seed=None, fill_value=255.0):
     return tf.ensure_shape(rotated, image.shape)
 
 
+def color_jitter(image, strength, grayscale=0.0, seed=None):
+    """Random brightness, contrast, saturation and hue, then maybe grayscale.
+
+    SimCLR's colour distortion with strength `s`: brightness shifted by up
+    to `0.8 s` (of the full range), contrast and saturation scaled by a
+    factor in `[1 - 0.8 s, 1 + 0.8 s]`, hue rotated by up to `0.2 s` turns;
+    then, with probability `grayscale`, the luma copied to all channels.
+
+    Args:
+        image: float tensor `(H, W, 3)`, values in `[0, 255]`.
+        strength: float in `[0, 1]`; 0 leaves colours alone.
+        grayscale: float in `[0, 1]`, probability of dropping colour.
+        seed: optional integer tensor of shape `(2,)`.
+
+    Returns:
+        A float32 tensor `(H, W, 3)` in `[0, 255]`.
+    """
+    for name, value in (("strength", strength), ("grayscale", grayscale)):
+        if not 0.0 <= float(value) <= 1.0:
+            raise ValueError(f"Expected `{name}` in [0, 1]. Received: {name}={value!r}")
+    seeds = tf.random.experimental.stateless_split(_seed_or_random(seed), num=5)
+    x = tf.cast(image, tf.float32) / 255.0
+    if strength:
+        x = tf.image.stateless_random_brightness(x, 0.8 * strength, seeds[0])
+        low, high = 1.0 - 0.8 * strength, 1.0 + 0.8 * strength
+        x = tf.image.stateless_random_contrast(x, low, high, seeds[1])
+        x = tf.image.stateless_random_saturation(x, low, high, seeds[2])
+        x = tf.image.stateless_random_hue(x, 0.2 * strength, seeds[3])
+        x = tf.clip_by_value(x, 0.0, 1.0)
+    if grayscale:
+        gray = tf.tile(tf.image.rgb_to_grayscale(x), [1, 1, 3])
+        drop = tf.random.stateless_uniform([], seeds[4]) < grayscale
+        x = tf.where(drop, gray, x)
+    return x * 255.0
+
+
 def train_transform(
     image,
     size,
@@ -242,8 +278,11 @@ def train_transform(
     rotation=0.0,
     seed=None,
     fill_value=255.0,
+    jitter=0.0,
+    grayscale=0.0,
 ):
-    """Training transform: random-resized crop, optional rotation, normalise.
+    """Training transform: random-resized crop, optional rotation and colour
+    distortion (`color_jitter`), normalise.
 
     Args:
         image: tensor `(H, W, 3)`, values in `[0, 255]`.
@@ -254,6 +293,8 @@ def train_transform(
         seed: optional integer tensor of shape `(2,)`; one seed drives
             both the crop and the rotation.
         fill_value: float, fill of the rotated-in corners in `[0, 255]`.
+        jitter: float in `[0, 1]`, colour distortion strength (0: none).
+        grayscale: float in `[0, 1]`, probability of dropping colour.
 
     Returns:
         A normalised `float32` tensor `(size, size, 3)`.
@@ -265,10 +306,12 @@ def train_transform(
     TensorShape([32, 32, 3])
     """
     seed = _seed_or_random(seed)
-    seeds = tf.random.experimental.stateless_split(seed, num=2)
+    seeds = tf.random.experimental.stateless_split(seed, num=3)
     out = random_resized_crop(image, size, scale, ratio, seeds[0])
     if rotation:
         out = random_rotate(out, rotation, seeds[1], fill_value)
+    if jitter or grayscale:
+        out = color_jitter(out, jitter, grayscale, seeds[2])
     out = tf.ensure_shape(out, [size, size, 3])
     return normalize(out)
 

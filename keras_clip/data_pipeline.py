@@ -199,6 +199,8 @@ def build_pipeline(
     crop_scale=(0.9, 1.0),
     crop_ratio=(3.0 / 4.0, 4.0 / 3.0),
     rotation=0.0,
+    color_jitter=0.0,
+    grayscale=0.0,
     seed=None,
     deterministic=None,
     drop_remainder=None,
@@ -227,6 +229,9 @@ def build_pipeline(
         crop_scale: pair, area fraction range of the training crop.
         crop_ratio: pair, aspect-ratio range of the training crop.
         rotation: float, largest training rotation in degrees (0: none).
+        color_jitter: float in `[0, 1]`, training colour distortion strength
+            (`augment.color_jitter`; 0: none).
+        grayscale: float in `[0, 1]`, training probability of dropping colour.
         seed: optional int; makes augmentation (and shuffling, in sources)
             reproducible.
         deterministic: bool, whether sources may interleave files out of
@@ -302,7 +307,8 @@ def build_pipeline(
             pixels = image if image_kind == "array" else decode_image(image)
             if training:
                 return augment.train_transform(
-                    pixels, size, crop_scale, crop_ratio, rotation, sample_seed
+                    pixels, size, crop_scale, crop_ratio, rotation, sample_seed,
+                    jitter=color_jitter, grayscale=grayscale,
                 )
             return augment.eval_transform(pixels, size)
 

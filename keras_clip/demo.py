@@ -109,6 +109,8 @@ def run(
     warmup_steps=50,
     crop_scale=(0.8, 1.0),
     rotation=10.0,
+    color_jitter=0.0,
+    grayscale=0.0,
     model_overrides=None,
     monitor_every=4,
 ):
@@ -143,6 +145,8 @@ def run(
         training=True,
         crop_scale=crop_scale,
         rotation=rotation,
+        color_jitter=color_jitter,
+        grayscale=grayscale,
         seed=seed,
     )
     print(

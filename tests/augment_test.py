@@ -138,3 +138,30 @@ def test_bad_ranges_raise():
         augment.random_resized_crop_box(10, 10, scale=(1.0, 0.5))
     with pytest.raises(ValueError, match="ratio"):
         augment.random_resized_crop_box(10, 10, ratio=(0.0, 1.0))
+
+
+def test_color_jitter_against_numpy():
+    rng = np.random.default_rng(0)
+    image = rng.uniform(0, 255, (9, 7, 3)).astype("float32")
+    seed = tf.constant([3, 4])
+    # Strength 0, no grayscale: the image unchanged.
+    np.testing.assert_allclose(augment.color_jitter(image, 0.0, 0.0, seed).numpy(), image, atol=1e-3)
+    # Grayscale with probability 1: ITU-R 601 luma in every channel.
+    luma = image @ np.array([0.2989, 0.5870, 0.1140], "float32")
+    gray = augment.color_jitter(image, 0.0, 1.0, seed).numpy()
+    np.testing.assert_allclose(gray, np.repeat(luma[..., None], 3, -1), atol=0.05)
+    # Full strength: in range, reproducible per seed, different across seeds,
+    # and a brightness shift of at most 0.8 of the range on average.
+    a = augment.color_jitter(image, 1.0, 0.0, seed).numpy()
+    b = augment.color_jitter(image, 1.0, 0.0, seed).numpy()
+    c = augment.color_jitter(image, 1.0, 0.0, tf.constant([5, 6])).numpy()
+    assert a.min() >= 0 and a.max() <= 255
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a - c).max() > 1.0
+    # Through train_transform, inside tf.data.
+    ds = tf.data.Dataset.from_tensors(tf.constant(image)).map(
+        lambda x: augment.train_transform(x, 5, seed=[1, 2], jitter=0.5, grayscale=0.5))
+    assert next(iter(ds)).shape == (5, 5, 3)
+    for kwargs in ({"strength": 1.5}, {"strength": 0.1, "grayscale": -0.1}):
+        with pytest.raises(ValueError, match=r"Expected `(strength|grayscale)` in \[0, 1\]"):
+            augment.color_jitter(image, **{"grayscale": 0.0, **kwargs})
