@@ -16,6 +16,10 @@ number of threads:
 
 The open_clip side is `open_clip.model.CLIP` built from the same config
 (`keras_clip.convert.open_clip_model_config`) with open_clip's `ClipLoss`.
+keras-hub's `CLIPBackbone` (ViT cases, inference only: keras-hub has no
+CLIP training step or ResNet tower) is built with the same shapes on each
+backend. Inference runs without gradients (`torch.no_grad()` for open_clip
+and keras_clip's torch backend, compiled programs on TF / JAX).
 Prints a Markdown table with the ratio to open_clip. On a machine with a
 GPU, `--device gpu` runs the same cases in bfloat16 (torch autocast for
 open_clip, `mixed_bfloat16` for keras_clip).
@@ -34,7 +38,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CASES = {"tiny-vit": 64, "ViT-B/32": 8, "RN50": 8}  # preset -> training batch
-IMPLEMENTATIONS = ("open_clip", "tensorflow", "jax", "torch")
+IMPLEMENTATIONS = ("open_clip", "tensorflow", "jax", "torch",
+                   "keras_hub:tensorflow", "keras_hub:jax", "keras_hub:torch")
 
 
 def set_threads(threads, backend):
@@ -157,15 +162,79 @@ def keras_worker(preset, batch, steps, device):
     x = {"images": np.tile(images, (steps + 1, 1, 1, 1)), "token_ids": np.tile(ids, (steps + 1, 1))}
     model.fit(x, batch_size=batch, epochs=1, verbose=0, shuffle=False, callbacks=[Timer()])
     out = {"first_step_s": times[0], "step_s": statistics.median(times[1:])}
-    encode_image = keras.ops.convert_to_numpy
-    for n in (1, 32):
-        xi = np.repeat(images[:1], n, axis=0)
-        xt = np.repeat(ids[:1], n, axis=0)
-        run_image = lambda: encode_image(model.encode_image(xi))
-        run_text = lambda: encode_image(model.encode_text(xt))
-        run_image(), run_text()
-        out[f"image_{n}_s"] = statistics.median(timed(run_image, 5))
-        out[f"text_{n}_s"] = statistics.median(timed(run_text, 5))
+    out.update(time_inference(model.encode_image, model.encode_text, images, ids))
+    return out
+
+
+def time_inference(encode_image, encode_text, images, ids):
+    """Median latency of both encoders at batch 1 and 32, outputs as NumPy.
+
+    Under torch, inside `torch.no_grad()` as open_clip is timed (Keras's
+    `predict` does the same); TF and JAX run compiled programs.
+    """
+    import contextlib
+
+    import keras
+    import numpy as np
+
+    no_grad = contextlib.nullcontext()
+    if keras.backend.backend() == "torch":
+        import torch
+
+        no_grad = torch.no_grad()
+    out = {}
+    with no_grad:
+        for n in (1, 32):
+            xi = np.repeat(images[:1], n, axis=0)
+            xt = np.repeat(ids[:1], n, axis=0)
+            run_image = lambda: keras.ops.convert_to_numpy(encode_image(xi))
+            run_text = lambda: keras.ops.convert_to_numpy(encode_text(xt))
+            run_image(), run_text()
+            out[f"image_{n}_s"] = statistics.median(timed(run_image, 5))
+            out[f"text_{n}_s"] = statistics.median(timed(run_text, 5))
+    return out
+
+
+def keras_hub_worker(preset, batch, steps, device):
+    """keras-hub's `CLIPBackbone` with the same architecture (inference only:
+    keras-hub has no CLIP training step and no ResNet tower).
+
+    Random weights: the timing depends on shapes, not values. Its embeddings
+    are timed through `predict_on_batch` of functional sub-models (the
+    compiled route Keras offers; calling `get_vision_embeddings` on arrays
+    runs eagerly).
+    """
+    import keras
+    import keras_hub
+    import numpy as np
+
+    from keras_clip import configs
+
+    config = configs.get_preset(preset)
+    if config.vision != "vit":
+        raise SystemExit("keras-hub has no ResNet CLIP tower")
+    if device == "gpu":
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    keras.utils.set_random_seed(0)
+    size = config.image_size
+    vision = keras_hub.models.CLIPVisionEncoder(
+        patch_size=config.patch_size, hidden_dim=config.vision_width,
+        num_layers=config.vision_layers, num_heads=config.vision_heads,
+        intermediate_dim=4 * config.vision_width, image_shape=(size, size, 3))
+    text = keras_hub.models.CLIPTextEncoder(
+        vocabulary_size=config.vocabulary_size, embedding_dim=config.text_width,
+        hidden_dim=config.text_width, num_layers=config.text_layers,
+        num_heads=config.text_heads, intermediate_dim=4 * config.text_width,
+        max_sequence_length=config.context_length)
+    backbone = keras_hub.models.CLIPBackbone(vision, text, projection_dim=config.embed_dim)
+    image_in = keras.Input((size, size, 3))
+    ids_in = keras.Input((config.context_length,), dtype="int32")
+    image_model = keras.Model(image_in, backbone.get_vision_embeddings(image_in))
+    text_model = keras.Model(ids_in, backbone.get_text_embeddings(ids_in))
+    images, ids = random_pairs(config, 1)
+    out = {"first_step_s": None, "step_s": None}
+    out.update(time_inference(image_model.predict_on_batch, text_model.predict_on_batch,
+                              images, np.asarray(ids)))
     return out
 
 
@@ -197,14 +266,20 @@ def main():
     if args.worker:
         impl, preset = args.worker
         set_threads(args.threads, impl if impl == "open_clip" else os.environ["KERAS_BACKEND"])
-        fn = open_clip_worker if impl == "open_clip" else keras_worker
+        fn = {"open_clip": open_clip_worker}.get(impl.split(":")[0], keras_worker)
+        if impl.startswith("keras_hub"):
+            fn = keras_hub_worker
         print("RESULT " + json.dumps(fn(preset, CASES.get(preset, 8), args.steps, args.device)))
         return
+    from keras_clip import configs
+
     ceiling = matmul_ceiling(args.threads) if args.device == "cpu" else None
     results = {}
     for preset in args.cases:
         for impl in args.implementations:
-            backend = "torch" if impl == "open_clip" else impl
+            if impl.startswith("keras_hub") and configs.get_preset(preset).vision != "vit":
+                continue  # keras-hub has no ResNet tower.
+            backend = "torch" if impl == "open_clip" else impl.split(":")[-1]
             env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3",
                        JAX_THREEFRY_PARTITIONABLE="false", HF_HUB_OFFLINE="1", PYTHONPATH=ROOT,
                        OMP_NUM_THREADS=str(args.threads),
@@ -224,27 +299,38 @@ def main():
           + f"; median of {args.steps} steps after the first.")
     print()
     print("| case (batch) | implementation | first step (s) | train step (ms) | pairs/s | vs open_clip "
-          "| achieved GFLOP/s (of ceiling) | image b1 / b32 (ms) | text b1 / b32 (ms) |")
+          "| achieved GFLOP/s (of ceiling) | image b1 / b32 (ms) (b32 vs open_clip) "
+          "| text b1 / b32 (ms) (b32 vs open_clip) |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for preset in args.cases:
         base = results.get((preset, "open_clip"))
         flops = base.get("flops") if base else None
         batch = CASES.get(preset, 8)
         for impl in args.implementations:
-            r = results.get((preset, impl))
+            if (preset, impl) not in results:
+                continue
+            r = results[(preset, impl)]
             if r is None:
                 print(f"| {preset} ({batch}) | {impl} | failed | | | | | | |")
                 continue
-            ratio = f"{base['step_s'] / r['step_s']:.2f}x" if base else "n/a"
-            achieved = ""
-            if flops and ceiling:
-                g = flops / r["step_s"] / 1e9
-                achieved = f"{g:.1f} ({g / ceiling:.0%})"
-            name = "open_clip (torch)" if impl == "open_clip" else f"keras_clip {impl}"
-            print(f"| {preset} ({batch}) | {name} | {r['first_step_s']:.1f} | {1000 * r['step_s']:.0f} | "
-                  f"{batch / r['step_s']:.0f} | {ratio} | {achieved} | "
-                  f"{1000 * r['image_1_s']:.1f} / {1000 * r['image_32_s']:.0f} | "
-                  f"{1000 * r['text_1_s']:.1f} / {1000 * r['text_32_s']:.0f} |")
+            name = {"open_clip": "open_clip (torch)"}.get(impl, f"keras_clip {impl}")
+            if impl.startswith("keras_hub"):
+                name = f"keras-hub CLIPBackbone {impl.split(':')[1]} (inference only)"
+            train = "| | | | | "
+            if r["step_s"] is not None:
+                ratio = f"{base['step_s'] / r['step_s']:.2f}x" if base else "n/a"
+                achieved = ""
+                if flops and ceiling:
+                    g = flops / r["step_s"] / 1e9
+                    achieved = f"{g:.1f} ({g / ceiling:.0%})"
+                train = (f"| {r['first_step_s']:.1f} | {1000 * r['step_s']:.0f} | "
+                         f"{batch / r['step_s']:.0f} | {ratio} | {achieved} ")
+            inference = ""
+            for key in ("image", "text"):
+                b1, b32 = r[f"{key}_1_s"], r[f"{key}_32_s"]
+                rel = f" ({base[f'{key}_32_s'] / b32:.2f}x)" if base else ""
+                inference += f"| {1000 * b1:.1f} / {1000 * b32:.1f}{rel} "
+            print(f"| {preset} ({batch}) | {name} {train}{inference}|")
 
 
 if __name__ == "__main__":
