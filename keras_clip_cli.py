@@ -231,7 +231,7 @@ def build_parser():
     )
     p.add_argument("--preset", default="demo-resnet", help="Model preset (default: demo-resnet).")
     p.add_argument("--minutes", type=float, default=9.5, help="Training time cap in minutes; stops early if reached (default: 9.5).")
-    p.add_argument("--epochs", type=int, default=22, help="Epochs of warm-up + cosine schedule (default: 22, about 9 min on 2 cores).")
+    p.add_argument("--epochs", type=int, default=25, help="Epochs of warm-up + cosine schedule (default: 25, about 9 min on 2 cores).")
     p.add_argument("--batch-size", type=int, default=128, help="Pairs per batch (default: 128).")
     p.add_argument("--image-size", type=int, default=64, help="Image resolution (default: 64).")
     p.add_argument("--vocabulary-size", type=int, default=2000, help="BPE vocabulary learnt from the training captions (default: 2000).")

@@ -98,7 +98,7 @@ def figures(model, history, output_dir, heldout, heldout_probs, noto=None, noto_
 def run(
     output_dir="outputs/demo",
     minutes=9.5,
-    epochs=22,
+    epochs=25,
     batch_size=128,
     image_size=64,
     vocabulary_size=2000,
