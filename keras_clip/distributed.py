@@ -126,10 +126,10 @@ class _LazyAutogradFunction:
         self.factory = factory
         self.fn = None
 
-    def apply(self, x):
+    def apply(self, *args):
         if self.fn is None:
             self.fn = self.factory()
-        return self.fn.apply(x)
+        return self.fn.apply(*args)
 
 
 _TorchAllGather = _LazyAutogradFunction(_torch_function)

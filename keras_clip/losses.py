@@ -5,7 +5,11 @@ softmax over a large batch and the temperature keep full precision under
 mixed precision.
 """
 
+import functools
+
 from keras import ops
+
+from keras_clip.distributed import _LazyAutogradFunction
 
 
 def clip_logits(image_embeddings, text_embeddings, log_scale, max_log_scale):
@@ -229,12 +233,9 @@ def _tf_blocked(rows, columns, scale, labels, chunk):
     return blocked(rows, columns, scale)
 
 
-_JAX_BLOCKED = {}
-
-
+@functools.lru_cache(maxsize=None)
 def _jax_blocked(chunk):
-    if chunk in _JAX_BLOCKED:
-        return _JAX_BLOCKED[chunk]
+    """The blockwise cross-entropy with its VJP, one per chunk size."""
     import jax
     import numpy as np
 
@@ -254,39 +255,29 @@ def _jax_blocked(chunk):
         return d_rows, d_columns, d_scale, np.zeros(labels.shape, jax.dtypes.float0)
 
     blocked.defvjp(forward, backward)
-    _JAX_BLOCKED[chunk] = blocked
     return blocked
 
 
-class _LazyTorchFunction:
-    # A torch autograd Function defined on first use (torch imports lazily).
-    def __init__(self):
-        self.fn = None
+def _torch_blocked_function():
+    import torch
 
-    def apply(self, *args):
-        if self.fn is None:
-            import torch
+    class Blocked(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, rows, columns, scale, labels, chunk):
+            ctx.save_for_backward(rows, columns, scale, labels)
+            ctx.chunk = chunk
+            nll, hits = _blocks_forward(rows, columns, scale, labels, chunk)
+            ctx.mark_non_differentiable(hits)
+            return nll, hits
 
-            class Blocked(torch.autograd.Function):
-                @staticmethod
-                def forward(ctx, rows, columns, scale, labels, chunk):
-                    ctx.save_for_backward(rows, columns, scale, labels)
-                    ctx.chunk = chunk
-                    nll, hits = _blocks_forward(rows, columns, scale, labels, chunk)
-                    ctx.mark_non_differentiable(hits)
-                    return nll, hits
+        @staticmethod
+        def backward(ctx, d_nll, d_hits):
+            rows, columns, scale, labels = ctx.saved_tensors
+            with torch.no_grad():
+                grads = _blocks_backward(rows, columns, scale, labels, ctx.chunk, d_nll)
+            return (*grads, None, None)
 
-                @staticmethod
-                def backward(ctx, d_nll, d_hits):
-                    rows, columns, scale, labels = ctx.saved_tensors
-                    with torch.no_grad():
-                        grads = _blocks_backward(
-                            rows, columns, scale, labels, ctx.chunk, d_nll
-                        )
-                    return (*grads, None, None)
-
-            self.fn = Blocked
-        return self.fn.apply(*args)
+    return Blocked
 
 
-_TorchBlocked = _LazyTorchFunction()
+_TorchBlocked = _LazyAutogradFunction(_torch_blocked_function)
