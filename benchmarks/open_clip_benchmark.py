@@ -206,7 +206,6 @@ def keras_hub_worker(preset, batch, steps, device):
     """
     import keras
     import keras_hub
-    import numpy as np
 
     from keras_clip import configs
 
@@ -234,7 +233,7 @@ def keras_hub_worker(preset, batch, steps, device):
     images, ids = random_pairs(config, 1)
     out = {"first_step_s": None, "step_s": None}
     out.update(time_inference(image_model.predict_on_batch, text_model.predict_on_batch,
-                              images, np.asarray(ids)))
+                              images, ids))
     return out
 
 
@@ -266,9 +265,8 @@ def main():
     if args.worker:
         impl, preset = args.worker
         set_threads(args.threads, impl if impl == "open_clip" else os.environ["KERAS_BACKEND"])
-        fn = {"open_clip": open_clip_worker}.get(impl.split(":")[0], keras_worker)
-        if impl.startswith("keras_hub"):
-            fn = keras_hub_worker
+        workers = {"open_clip": open_clip_worker, "keras_hub": keras_hub_worker}
+        fn = workers.get(impl.split(":")[0], keras_worker)
         print("RESULT " + json.dumps(fn(preset, CASES.get(preset, 8), args.steps, args.device)))
         return
     from keras_clip import configs
