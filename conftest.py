@@ -39,3 +39,15 @@ sys.modules.setdefault(
     "torchvision._meta_registrations",
     types.ModuleType("torchvision._meta_registrations"),
 )
+
+# On a GPU, float32 matmuls run in TF32 by default on JAX (and convolutions
+# on torch/cuDNN), about 3 significant digits. The tests compare float32
+# maths with NumPy / open_clip / transformers references at 1e-4..1e-5, so
+# they pin full float32 there; no effect on CPU. (Measured on an H200: with
+# TF32 the JAX logits differ from the reference by ~3e-3.)
+os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
+if os.environ.get("KERAS_BACKEND") == "torch":
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False

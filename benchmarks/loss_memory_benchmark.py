@@ -124,8 +124,9 @@ def main():
             for mode in MODES:
                 values, loss, temp = [], None, None
                 for _ in range(args.repeats):
+                    path = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
                     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3",
-                               JAX_THREEFRY_PARTITIONABLE="false", PYTHONPATH=ROOT)
+                               JAX_THREEFRY_PARTITIONABLE="false", PYTHONPATH=path)
                     proc = subprocess.run([sys.executable, __file__, "--worker", mode, str(n)],
                                           env=env, capture_output=True, text=True)
                     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]

@@ -37,7 +37,12 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CASES = {"tiny-vit": 64, "ViT-B/32": 8, "RN50": 8}  # preset -> training batch
+# preset -> training batch on CPU, on GPU.
+CASES = {"tiny-vit": (64, 512), "ViT-B/32": (8, 256), "RN50": (8, 128)}
+
+
+def batch_size(preset, device):
+    return CASES.get(preset, (8, 128))[device == "gpu"]
 IMPLEMENTATIONS = ("open_clip", "tensorflow", "jax", "torch",
                    "keras_hub:tensorflow", "keras_hub:jax", "keras_hub:torch")
 
@@ -114,16 +119,17 @@ def open_clip_worker(preset, batch, steps, device):
         optimizer.step()
         sync()
 
-    flops = None
-    if device == "cpu":
-        from torch.utils.flop_counter import FlopCounterMode
+    from torch.utils.flop_counter import FlopCounterMode
 
-        counter = FlopCounterMode(display=False)
-        with counter:
-            step()
-        flops = counter.get_total_flops()
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    flops = counter.get_total_flops()
+    if dev == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     times = timed(step, steps + 1)
-    out = {"first_step_s": times[0], "step_s": statistics.median(times[1:]), "flops": flops}
+    out = {"first_step_s": times[0], "step_s": statistics.median(times[1:]), "flops": flops,
+           "peak_mib": peak_memory_mib(device)}
     model.eval()
     with torch.no_grad(), autocast:
         for n in (1, 32):
@@ -161,9 +167,31 @@ def keras_worker(preset, batch, steps, device):
 
     x = {"images": np.tile(images, (steps + 1, 1, 1, 1)), "token_ids": np.tile(ids, (steps + 1, 1))}
     model.fit(x, batch_size=batch, epochs=1, verbose=0, shuffle=False, callbacks=[Timer()])
-    out = {"first_step_s": times[0], "step_s": statistics.median(times[1:])}
+    out = {"first_step_s": times[0], "step_s": statistics.median(times[1:]),
+           "peak_mib": peak_memory_mib(device)}
     out.update(time_inference(model.encode_image, model.encode_text, images, ids))
     return out
+
+
+def peak_memory_mib(device):
+    """Peak memory of this worker so far: the process's resident set on CPU
+    (framework and compiler included), the accelerator's peak allocation on
+    GPU (torch's caching allocator / JAX's `peak_bytes_in_use`)."""
+    if device == "cpu":
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    backend = os.environ.get("KERAS_BACKEND", "torch")
+    if backend == "jax":
+        import jax
+
+        stats = jax.devices()[0].memory_stats() or {}
+        return stats.get("peak_bytes_in_use", float("nan")) / 2**20
+    if backend == "torch":
+        import torch
+
+        return torch.cuda.max_memory_allocated() / 2**20
+    return float("nan")
 
 
 def time_inference(encode_image, encode_text, images, ids):
@@ -231,7 +259,7 @@ def keras_hub_worker(preset, batch, steps, device):
     image_model = keras.Model(image_in, backbone.get_vision_embeddings(image_in))
     text_model = keras.Model(ids_in, backbone.get_text_embeddings(ids_in))
     images, ids = random_pairs(config, 1)
-    out = {"first_step_s": None, "step_s": None}
+    out = {"first_step_s": None, "step_s": None, "peak_mib": None}
     out.update(time_inference(image_model.predict_on_batch, text_model.predict_on_batch,
                               images, ids))
     return out
@@ -253,6 +281,20 @@ def matmul_ceiling(threads):
     return float(proc.stdout.strip())
 
 
+def bf16_matmul_ceiling():
+    """Measured bfloat16 TFLOP/s of an 8192^3 torch matmul on the GPU."""
+    code = (
+        "import torch, time\n"
+        "a = torch.randn(8192, 8192, device='cuda', dtype=torch.bfloat16); b = a.clone()\n"
+        "for _ in range(3): a @ b\n"
+        "torch.cuda.synchronize(); s = time.perf_counter()\n"
+        "for _ in range(10): a @ b\n"
+        "torch.cuda.synchronize(); print(10 * 2 * 8192**3 / (time.perf_counter() - s) / 1e9)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    return float(proc.stdout.strip())
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cases", nargs="+", default=list(CASES))
@@ -267,68 +309,91 @@ def main():
         set_threads(args.threads, impl if impl == "open_clip" else os.environ["KERAS_BACKEND"])
         workers = {"open_clip": open_clip_worker, "keras_hub": keras_hub_worker}
         fn = workers.get(impl.split(":")[0], keras_worker)
-        print("RESULT " + json.dumps(fn(preset, CASES.get(preset, 8), args.steps, args.device)))
+        print("RESULT " + json.dumps(fn(preset, batch_size(preset, args.device), args.steps,
+                                        args.device)))
         return
     from keras_clip import configs
 
-    ceiling = matmul_ceiling(args.threads) if args.device == "cpu" else None
-    results = {}
+    if args.device == "cpu":
+        ceiling = matmul_ceiling(args.threads)
+        ceiling_text = f"float32 matmul ceiling {ceiling:.0f} GFLOP/s"
+    else:
+        ceiling = bf16_matmul_ceiling()
+        ceiling_text = f"bfloat16 (mixed), bf16 matmul ceiling {ceiling / 1000:.0f} TFLOP/s"
+    print(f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"{args.threads} threads each, device {args.device} ({device_name(args.device)}), "
+          f"{ceiling_text}; median of {args.steps} steps after the first.")
+    print("Peak memory: the worker's resident set on CPU (framework and compiler included), "
+          "the accelerator's peak allocation on GPU.")
+    print()
+    unit = "GFLOP/s" if args.device == "cpu" else "TFLOP/s"
+    print("| case (batch) | implementation | first step (s) | train step (ms) | pairs/s | vs open_clip "
+          f"| achieved {unit} (of ceiling) | peak memory (MiB) "
+          "| image b1 / b32 (ms) (b32 vs open_clip) | text b1 / b32 (ms) (b32 vs open_clip) |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|", flush=True)
+    # Each row is printed as soon as its worker ends (open_clip first, the
+    # reference of the ratios), so a run cut short keeps what it measured.
+    scale = 1e9 if args.device == "cpu" else 1e12
     for preset in args.cases:
+        base = None
+        batch = batch_size(preset, args.device)
         for impl in args.implementations:
             if impl.startswith("keras_hub") and configs.get_preset(preset).vision != "vit":
                 continue  # keras-hub has no ResNet tower.
-            backend = "torch" if impl == "open_clip" else impl.split(":")[-1]
-            env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3",
-                       JAX_THREEFRY_PARTITIONABLE="false", HF_HUB_OFFLINE="1", PYTHONPATH=ROOT,
-                       OMP_NUM_THREADS=str(args.threads),
-                       XLA_FLAGS=f"--xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads={args.threads}")
-            cmd = [sys.executable, __file__, "--worker", impl, preset, "--steps", str(args.steps),
-                   "--threads", str(args.threads), "--device", args.device]
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-            line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-            if proc.returncode or not line:
-                print(f"{preset} / {impl} failed:\n{proc.stderr[-1500:]}", file=sys.stderr)
-                results[(preset, impl)] = None
-                continue
-            results[(preset, impl)] = json.loads(line[0][7:])
-    print(f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"{args.threads} threads each, device {args.device}"
-          + (f", float32 matmul ceiling {ceiling:.0f} GFLOP/s" if ceiling else ", bfloat16")
-          + f"; median of {args.steps} steps after the first.")
-    print()
-    print("| case (batch) | implementation | first step (s) | train step (ms) | pairs/s | vs open_clip "
-          "| achieved GFLOP/s (of ceiling) | image b1 / b32 (ms) (b32 vs open_clip) "
-          "| text b1 / b32 (ms) (b32 vs open_clip) |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
-    for preset in args.cases:
-        base = results.get((preset, "open_clip"))
-        flops = base.get("flops") if base else None
-        batch = CASES.get(preset, 8)
-        for impl in args.implementations:
-            if (preset, impl) not in results:
-                continue
-            r = results[(preset, impl)]
-            if r is None:
-                print(f"| {preset} ({batch}) | {impl} | failed | | | | | | |")
-                continue
-            name = {"open_clip": "open_clip (torch)"}.get(impl, f"keras_clip {impl}")
-            if impl.startswith("keras_hub"):
-                name = f"keras-hub CLIPBackbone {impl.split(':')[1]} (inference only)"
-            train = "| | | | | "
-            if r["step_s"] is not None:
-                ratio = f"{base['step_s'] / r['step_s']:.2f}x" if base else "n/a"
-                achieved = ""
-                if flops and ceiling:
-                    g = flops / r["step_s"] / 1e9
-                    achieved = f"{g:.1f} ({g / ceiling:.0%})"
-                train = (f"| {r['first_step_s']:.1f} | {1000 * r['step_s']:.0f} | "
-                         f"{batch / r['step_s']:.0f} | {ratio} | {achieved} ")
-            inference = ""
-            for key in ("image", "text"):
-                b1, b32 = r[f"{key}_1_s"], r[f"{key}_32_s"]
-                rel = f" ({base[f'{key}_32_s'] / b32:.2f}x)" if base else ""
-                inference += f"| {1000 * b1:.1f} / {1000 * b32:.1f}{rel} "
-            print(f"| {preset} ({batch}) | {name} {train}{inference}|")
+            r = run_worker(impl, preset, args)
+            if impl == "open_clip":
+                base = r
+            print(table_row(preset, batch, impl, r, base, ceiling, scale), flush=True)
+
+
+def run_worker(impl, preset, args):
+    """One implementation and case in a fresh process; its result dict or None."""
+    backend = "torch" if impl == "open_clip" else impl.split(":")[-1]
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3",
+               JAX_THREEFRY_PARTITIONABLE="false", HF_HUB_OFFLINE="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])),
+               OMP_NUM_THREADS=str(args.threads),
+               XLA_FLAGS=f"--xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads={args.threads}")
+    cmd = [sys.executable, __file__, "--worker", impl, preset, "--steps", str(args.steps),
+           "--threads", str(args.threads), "--device", args.device]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode or not line:
+        print(f"{preset} / {impl} failed:\n{proc.stderr[-1500:]}", file=sys.stderr)
+        return None
+    return json.loads(line[0][7:])
+
+
+def table_row(preset, batch, impl, r, base, ceiling, scale):
+    if r is None:
+        return f"| {preset} ({batch}) | {impl} | failed | | | | | | | |"
+    flops = base.get("flops") if base else None
+    name = {"open_clip": "open_clip (torch)"}.get(impl, f"keras_clip {impl}")
+    if impl.startswith("keras_hub"):
+        name = f"keras-hub CLIPBackbone {impl.split(':')[1]} (inference only)"
+    train = "| | | | | | "
+    if r["step_s"] is not None:
+        ratio = f"{base['step_s'] / r['step_s']:.2f}x" if base else "n/a"
+        achieved = ""
+        if flops and ceiling:
+            g = flops / r["step_s"] / scale
+            achieved = f"{g:.1f} ({g * scale / 1e9 / ceiling:.0%})"
+        train = (f"| {r['first_step_s']:.1f} | {1000 * r['step_s']:.0f} | "
+                 f"{batch / r['step_s']:.0f} | {ratio} | {achieved} | {r['peak_mib']:.0f} ")
+    inference = ""
+    for key in ("image", "text"):
+        b1, b32 = r[f"{key}_1_s"], r[f"{key}_32_s"]
+        rel = f" ({base[f'{key}_32_s'] / b32:.2f}x)" if base else ""
+        inference += f"| {1000 * b1:.1f} / {1000 * b32:.1f}{rel} "
+    return f"| {preset} ({batch}) | {name} {train}{inference}|"
+
+
+def device_name(device):
+    if device == "cpu":
+        return "CPU"
+    proc = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                          capture_output=True, text=True)
+    return proc.stdout.strip() or "GPU"
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_worker(mode, out, global_batch=8, preset="tiny-vit", learning_rate=0.5, chunk=0):
-    env = dict(os.environ, KERAS_BACKEND=keras.backend.backend(), PYTHONPATH=ROOT,
+    path = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, KERAS_BACKEND=keras.backend.backend(), PYTHONPATH=path,
                KERAS_CLIP_TEST_PORT=str(29500 + os.getpid() % 400))
     proc = subprocess.run([sys.executable, WORKER, mode, str(out), str(global_batch), preset,
                            str(learning_rate), str(chunk)],

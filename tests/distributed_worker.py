@@ -24,6 +24,11 @@ STEPS = 3
 
 if MODE in ("jax", "jax_model_parallel"):
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+# The devices are simulated CPUs on every machine, also where a GPU exists
+# (it would otherwise be JAX's default platform with one device, and torch /
+# TF would put the tensors of both gloo ranks or replicas on it).
+os.environ["JAX_PLATFORMS"] = "cpu"
+os.environ["CUDA_VISIBLE_DEVICES"] = ""
 os.environ.setdefault("JAX_THREEFRY_PARTITIONABLE", "false")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 

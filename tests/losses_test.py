@@ -123,9 +123,8 @@ def _value_and_grads(fn, *arrays):
 
         value, grads = step(*[tf.constant(a) for a in arrays])
     else:
-        import torch
-
-        xs = [torch.tensor(a, requires_grad=True) for a in arrays]
+        # On the device Keras computes on (a GPU where there is one).
+        xs = [keras.ops.convert_to_tensor(a).requires_grad_(True) for a in arrays]
         value = fn(*xs)
         value.backward()
         grads = [x.grad for x in xs]
