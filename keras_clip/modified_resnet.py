@@ -37,6 +37,59 @@ class GlobalBatchNormalization(keras.layers.BatchNormalization):
             return distributed.global_moments(inputs, self._reduction_axes, context)
         return super()._moments(inputs, mask)
 
+    def call(self, inputs, training=None, mask=None):
+        if (
+            keras.backend.backend() == "torch"
+            and mask is None
+            and not self.renorm
+            and self.axis in (-1, len(inputs.shape) - 1)
+            and not distributed.replica_context().active
+        ):
+            return self._torch_fused(inputs, bool(training) and self.trainable)
+        return super().call(inputs, training=training, mask=mask)
+
+    def _torch_fused(self, inputs, training):
+        """One `torch.nn.functional.batch_norm` call (cuDNN / ATen's fused
+        kernel, forward and backward) instead of Keras's op-by-op arithmetic
+        on torch, which keeps several full-size intermediates (and a float32
+        copy of a bfloat16 activation) for the backward pass.
+
+        Same maths as Keras's layer: biased batch variance for the moving
+        statistics (`moving = momentum * moving + (1 - momentum) * batch`),
+        statistics in float32.
+        """
+        import torch
+        import torch.nn.functional as F
+
+        x = inputs.movedim(-1, 1)  # NCHW view of the NHWC tensor (channels-last memory)
+        if training and x.numel() == x.shape[1]:
+            # One value per channel: torch refuses; Keras's arithmetic gives 0 variance.
+            return super().call(inputs, training=True)
+        if x.dtype != torch.float32 and x.device.type != "cuda":
+            x = x.float()  # CUDA's kernel takes half inputs with float32 statistics.
+        weight = ops.convert_to_tensor(self.gamma).float() if self.scale else None
+        bias = ops.convert_to_tensor(self.beta).float() if self.center else None
+        if training:
+            channels = x.shape[1]
+            mean = torch.zeros(channels, device=x.device)
+            var = torch.ones(channels, device=x.device)
+            # momentum=1 makes torch write the batch statistics into `mean`
+            # and `var` (its variance unbiased: n / (n - 1) times Keras's).
+            y = F.batch_norm(x, mean, var, weight, bias, True, 1.0, self.epsilon)
+            n = x.numel() // channels
+            var = var * ((n - 1) / n)
+            m = self.momentum
+            self.moving_mean.assign(self.moving_mean.value * m + mean * (1.0 - m))
+            self.moving_variance.assign(self.moving_variance.value * m + var * (1.0 - m))
+        else:
+            y = F.batch_norm(
+                x,
+                ops.convert_to_tensor(self.moving_mean).float(),
+                ops.convert_to_tensor(self.moving_variance).float(),
+                weight, bias, False, 0.0, self.epsilon,
+            )
+        return ops.cast(y.movedim(1, -1), self.compute_dtype)
+
 
 def _bn(name, policy, zero_gamma=False):
     return GlobalBatchNormalization(

@@ -10,7 +10,7 @@ from keras_clip.layers import (
     Transformer,
     quick_gelu,
 )
-from keras_clip.modified_resnet import AttentionPool2d, Bottleneck
+from keras_clip.modified_resnet import AttentionPool2d, Bottleneck, GlobalBatchNormalization
 from keras_clip.text_encoder import TextTransformer, end_of_text_positions
 from keras_clip.vision_transformer import VisionTransformer
 from tests.layer_checks import check_layer
@@ -163,6 +163,84 @@ def test_bottleneck_downsample_is_anti_aliased():
     np.testing.assert_allclose(pooled, 0.5 * np.ones((1, 2, 2, 8)), atol=1e-6)
     assert tuple(block(x).shape) == (1, 2, 2, 16)
 
+
+
+def _bn_output_and_input_grad(layer, x, weights):
+    """`layer(x, training=True)` and d sum(y * weights) / dx by the backend's
+    own autodiff (stateless on JAX, where the moving statistics come back)."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        x = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=True)
+            total = tf.reduce_sum(tf.cast(y, "float32") * weights)
+        return y.numpy(), tape.gradient(total, x).numpy()
+    if backend == "jax":
+        import jax
+
+        trainable = [v.value for v in layer.trainable_variables]
+        frozen = [v.value for v in layer.non_trainable_variables]
+
+        def f(x):
+            y, new_frozen = layer.stateless_call(trainable, frozen, x, training=True)
+            return (y.astype("float32") * weights).sum(), (y, new_frozen)
+
+        grad, (y, new_frozen) = jax.grad(f, has_aux=True)(x)
+        for variable, value in zip(layer.non_trainable_variables, new_frozen):
+            variable.assign(value)
+        return np.asarray(y), np.asarray(grad)
+    x = keras.ops.convert_to_tensor(x).requires_grad_(True)
+    y = layer(x, training=True)
+    (y.float() * keras.ops.convert_to_tensor(weights)).sum().backward()
+    return keras.ops.convert_to_numpy(y), keras.ops.convert_to_numpy(x.grad)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "mixed_bfloat16"])
+def test_batch_norm_matches_numpy_in_training_and_inference(dtype):
+    # GlobalBatchNormalization runs one fused kernel on torch and Keras's
+    # arithmetic elsewhere; both must be the textbook batch norm: biased batch
+    # statistics, the moving update with momentum 0.9, and its gradient
+    # dx = g / sqrt(var + eps) * (dy - mean(dy) - xhat * mean(dy * xhat)).
+    rng = np.random.default_rng(8)
+    x = (3 * rng.standard_normal((4, 3, 5, 6)) + 1).astype("float32")
+    dy = rng.standard_normal(x.shape).astype("float32")
+    layer = GlobalBatchNormalization(momentum=0.9, epsilon=1e-5, dtype=dtype)
+    layer.build(x.shape)
+    gamma = rng.uniform(0.5, 1.5, 6).astype("float32")
+    beta = rng.standard_normal(6).astype("float32")
+    old_mean = rng.standard_normal(6).astype("float32")
+    old_var = rng.uniform(0.5, 2.0, 6).astype("float32")
+    for variable, value in zip(
+        (layer.gamma, layer.beta, layer.moving_mean, layer.moving_variance),
+        (gamma, beta, old_mean, old_var),
+    ):
+        variable.assign(value)
+    if dtype == "mixed_bfloat16":
+        x = x.astype(keras.backend.standardize_dtype("bfloat16"))  # ml_dtypes via Keras
+        x32, tol = x.astype("float32"), 3e-2
+    else:
+        x32, tol = x, 1e-4
+    mean, var = x32.mean((0, 1, 2)), x32.var((0, 1, 2))
+    xhat = (x32 - mean) / np.sqrt(var + 1e-5)
+
+    y, dx = _bn_output_and_input_grad(layer, x, dy)
+    np.testing.assert_allclose(np.asarray(y, "float32"), xhat * gamma + beta, atol=tol, rtol=tol)
+    dx_ref = gamma / np.sqrt(var + 1e-5) * (
+        dy - dy.mean((0, 1, 2)) - xhat * (dy * xhat).mean((0, 1, 2)))
+    np.testing.assert_allclose(np.asarray(dx, "float32"), dx_ref, atol=tol, rtol=tol)
+    new_mean = 0.9 * old_mean + 0.1 * mean
+    new_var = 0.9 * old_var + 0.1 * var
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer.moving_mean), new_mean, atol=1e-3 if tol > 1e-3 else 1e-5)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer.moving_variance), new_var, rtol=1e-2 if tol > 1e-3 else 1e-5)
+
+    # Inference normalises with the (updated) moving statistics.
+    inferred = np.asarray(keras.ops.convert_to_numpy(layer(x, training=False)), "float32")
+    expected = (x32 - new_mean) / np.sqrt(new_var + 1e-5) * gamma + beta
+    np.testing.assert_allclose(inferred, expected, atol=5 * tol, rtol=tol)
+    assert keras.backend.standardize_dtype(layer(x, training=False).dtype) == layer.compute_dtype
 
 LAYER_CASES = [
     (MultiHeadSelfAttention, dict(width=16, num_heads=2), (2, 5, 16), "float32"),
