@@ -10,6 +10,7 @@ import keras
 from keras import ops
 
 from keras_clip import distributed
+from keras_clip.layers import sublayer
 
 # PyTorch BatchNorm2d defaults (momentum 0.1 there is 0.9 here).
 _BN = dict(momentum=0.9, epsilon=1e-5)
@@ -62,6 +63,11 @@ class GlobalBatchNormalization(keras.layers.BatchNormalization):
         import torch.nn.functional as F
 
         x = inputs.movedim(-1, 1)  # NCHW view of the NHWC tensor (channels-last memory)
+        if x.device.type != "cuda":
+            # ATen's CPU kernel on channels-last memory is several times less
+            # precise single-threaded (~5e-6 vs ~7e-7 against float64 here);
+            # a contiguous NCHW copy takes its exact path.
+            x = x.contiguous()
         if training and x.numel() == x.shape[1]:
             # One value per channel: torch refuses; Keras's arithmetic gives 0 variance.
             return super().call(inputs, training=True)
@@ -168,17 +174,17 @@ class Bottleneck(keras.layers.Layer):
 
     def call(self, x, training=None):
         identity = x
-        out = ops.relu(self.bn1(self.conv1(x), training=training))
-        out = self.conv2(self.pad2(out))
-        out = ops.relu(self.bn2(out, training=training))  # (B, H, W, F)
+        out = ops.relu(sublayer(self.bn1, sublayer(self.conv1, x), training=training))
+        out = sublayer(self.conv2, sublayer(self.pad2, out))
+        out = ops.relu(sublayer(self.bn2, out, training=training))  # (B, H, W, F)
         if self.pool is not None:
-            out = self.pool(out)  # (B, H / s, W / s, F)
-        out = self.bn3(self.conv3(out), training=training)  # (B, H/s, W/s, 4F)
+            out = sublayer(self.pool, out)  # (B, H / s, W / s, F)
+        out = sublayer(self.bn3, sublayer(self.conv3, out), training=training)  # (B, H/s, W/s, 4F)
         if self.downsample_conv is not None:
             if self.downsample_pool is not None:
-                identity = self.downsample_pool(identity)
-            identity = self.downsample_conv(identity)
-            identity = self.downsample_bn(identity, training=training)
+                identity = sublayer(self.downsample_pool, identity)
+            identity = sublayer(self.downsample_conv, identity)
+            identity = sublayer(self.downsample_bn, identity, training=training)
         return ops.relu(out + identity)
 
     def compute_output_shape(self, input_shape):
@@ -257,12 +263,12 @@ class AttentionPool2d(keras.layers.Layer):
         x = ops.reshape(x, (batch, n, self.width))  # (B, N, C)
         x = ops.concatenate([ops.mean(x, axis=1, keepdims=True), x], axis=1)
         x = x + ops.cast(self.positional_embedding, x.dtype)[None]  # (B, N+1, C)
-        q = ops.reshape(self.q_proj(x[:, :1]), (batch, 1, heads, head_dim))
-        k = ops.reshape(self.k_proj(x), (batch, n + 1, heads, head_dim))
-        v = ops.reshape(self.v_proj(x), (batch, n + 1, heads, head_dim))
+        q = ops.reshape(sublayer(self.q_proj, x[:, :1]), (batch, 1, heads, head_dim))
+        k = ops.reshape(sublayer(self.k_proj, x), (batch, n + 1, heads, head_dim))
+        v = ops.reshape(sublayer(self.v_proj, x), (batch, n + 1, heads, head_dim))
         out = ops.dot_product_attention(q, k, v)  # (B, 1, H, Dh)
         out = ops.reshape(out, (batch, self.width))  # (B, C)
-        return self.c_proj(out)  # (B, output_dim)
+        return sublayer(self.c_proj, out)  # (B, output_dim)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.output_dim)
@@ -360,16 +366,16 @@ class ModifiedResNet(keras.layers.Layer):
         x = images
         for layer in self.stem:
             if isinstance(layer, keras.layers.BatchNormalization):
-                x = ops.relu(layer(x, training=training))
+                x = ops.relu(sublayer(layer, x, training=training))
             else:
-                x = layer(x)
-        x = self.stem_pool(x)  # (B, S/4, S/4, width)
+                x = sublayer(layer, x)
+        x = sublayer(self.stem_pool, x)  # (B, S/4, S/4, width)
         for block in self.blocks:
             if getattr(self, "remat", False):
                 x = keras.remat(lambda y, b=block: b(y, training=training))(x)
             else:
-                x = block(x, training=training)  # (B, S/32, S/32, 32 width) at end
-        return self.attnpool(x)  # (B, output_dim)
+                x = sublayer(block, x, training=training)  # (B, S/32, S/32, 32 width) at end
+        return sublayer(self.attnpool, x)  # (B, output_dim)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.output_dim)
