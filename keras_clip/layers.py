@@ -26,6 +26,27 @@ def get_activation(name):
     )
 
 
+_TORCH = keras.backend.backend() == "torch"
+
+
+def sublayer(layer, *args, **kwargs):
+    """Calls a built sublayer from inside its parent layer's `call`.
+
+    On torch every `Layer.__call__` runs eagerly on every step: torch's
+    module dispatch, then Keras's name scope, input casting, autocast and
+    mask bookkeeping, 0.1-0.3 ms per call on this machine against ~0.03 ms
+    for the matmul of a small `Dense`. Inside a parent's `call` that work is
+    already done: the parent's `__call__` has cast the inputs to the shared
+    dtype policy and opened the autocast scope that `Dense.call` reads its
+    kernel through. So on torch a built sublayer's `call` is invoked
+    directly. TF and JAX trace `__call__` once per compiled program, so they
+    keep it.
+    """
+    if _TORCH and layer.built:
+        return layer.call(*args, **kwargs)
+    return layer(*args, **kwargs)
+
+
 def normal(stddev):
     return keras.initializers.RandomNormal(stddev=stddev)
 
@@ -96,12 +117,12 @@ class MultiHeadSelfAttention(keras.layers.Layer):
 
     def call(self, x):
         batch, length = ops.shape(x)[0], ops.shape(x)[1]
-        qkv = self.qkv(x)  # (B, T, 3D)
+        qkv = sublayer(self.qkv, x)  # (B, T, 3D)
         qkv = ops.reshape(qkv, (batch, length, 3, self.num_heads, self.head_dim))
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B, T, H, Dh) each
         out = ops.dot_product_attention(q, k, v, is_causal=self.causal)
         out = ops.reshape(out, (batch, length, self.width))  # (B, T, D)
-        return self.out_proj(out)
+        return sublayer(self.out_proj, out)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -185,9 +206,9 @@ class ResidualAttentionBlock(keras.layers.Layer):
         )
 
     def call(self, x):
-        x = x + self.attn(self.ln_1(x))  # (B, T, D)
-        h = self._act(self.mlp_fc(self.ln_2(x)))  # (B, T, mlp_ratio * D)
-        return x + self.mlp_proj(h)
+        x = x + sublayer(self.attn, sublayer(self.ln_1, x))  # (B, T, D)
+        h = self._act(sublayer(self.mlp_fc, sublayer(self.ln_2, x)))  # (B, T, mlp_ratio * D)
+        return x + sublayer(self.mlp_proj, h)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -266,7 +287,7 @@ class Transformer(keras.layers.Layer):
 
     def call(self, x):
         for block in self.blocks:
-            x = keras.remat(block)(x) if self.remat else block(x)  # (B, T, D)
+            x = keras.remat(block)(x) if self.remat else sublayer(block, x)  # (B, T, D)
         return x
 
     def compute_output_shape(self, input_shape):

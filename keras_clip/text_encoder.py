@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from keras_clip.layers import Transformer, layer_norm
+from keras_clip.layers import Transformer, layer_norm, sublayer
 
 
 def end_of_text_positions(token_ids, eot_token_id):
@@ -104,12 +104,12 @@ class TextTransformer(keras.layers.Layer):
 
     def call(self, token_ids):
         length = ops.shape(token_ids)[1]
-        x = self.token_embedding(token_ids)  # (B, L, D)
+        x = sublayer(self.token_embedding, token_ids)  # (B, L, D)
         pos = ops.cast(self.positional_embedding[:length], x.dtype)
-        x = self.transformer(x + pos[None])  # (B, L, D)
+        x = sublayer(self.transformer, x + pos[None])  # (B, L, D)
         positions = end_of_text_positions(token_ids, self.eot_token_id)
         x = ops.take_along_axis(x, positions[:, None, None], axis=1)[:, 0]
-        return self.ln_final(x)  # (B, D)
+        return sublayer(self.ln_final, x)  # (B, D)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.width)

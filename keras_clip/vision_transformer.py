@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from keras_clip.layers import Transformer, layer_norm
+from keras_clip.layers import Transformer, layer_norm, sublayer
 
 
 @keras.saving.register_keras_serializable(package="keras_clip")
@@ -97,16 +97,16 @@ class VisionTransformer(keras.layers.Layer):
         self.ln_post.build((None, self.width))
 
     def call(self, images):
-        x = self.patch_embedding(images)  # (B, G, G, D)
+        x = sublayer(self.patch_embedding, images)  # (B, G, G, D)
         batch = ops.shape(x)[0]
         x = ops.reshape(x, (batch, self.grid_size**2, self.width))  # (B, N, D)
         cls = ops.cast(self.class_embedding, x.dtype)
         cls = ops.broadcast_to(cls[None, None, :], (batch, 1, self.width))
         x = ops.concatenate([cls, x], axis=1)  # (B, N + 1, D)
         x = x + ops.cast(self.positional_embedding, x.dtype)[None]
-        x = self.ln_pre(x)
-        x = self.transformer(x)  # (B, N + 1, D)
-        return self.ln_post(x[:, 0])  # (B, D)
+        x = sublayer(self.ln_pre, x)
+        x = sublayer(self.transformer, x)  # (B, N + 1, D)
+        return sublayer(self.ln_post, x[:, 0])  # (B, D)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.width)
