@@ -9,7 +9,6 @@ captions, without any training image of either. Application code: the CLI
 """
 
 import json
-import math
 import os
 import time
 
@@ -113,6 +112,7 @@ def run(
     grayscale=0.0,
     model_overrides=None,
     monitor_every=4,
+    jit_compile="auto",
 ):
     """Trains, evaluates, saves; returns the metrics dict."""
     keras.utils.set_random_seed(seed)
@@ -133,7 +133,8 @@ def run(
             learning_rate=learning_rate,
             warmup_steps=min(warmup_steps, steps),
             weight_decay=weight_decay,
-        )
+        ),
+        jit_compile=jit_compile,
     )
     ds = data.from_arrays(
         train.images,
