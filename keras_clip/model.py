@@ -319,11 +319,9 @@ class CLIPModel(keras.Model):
         """A compiled inference function for one tower, or `None` for eager.
 
         Called with concrete inputs outside any trace, `encode_image` /
-        `encode_text` run as one compiled program (`tf.function` with XLA,
-        unless `compile(jit_compile=False)` asked for none: on TF's CPU,
-        where Keras's "auto" resolves to no XLA for training, XLA still
-        embeds 1.2-1.7x faster here; `jax.jit`), as `predict` does, instead
-        of op by op. Eager when training, when `run_eagerly`
+        `encode_text` run as one compiled program (`tf.function`, with XLA
+        when `model.jit_compile` resolves to it; `jax.jit`), as `predict`
+        does, instead of op by op. Eager when training, when `run_eagerly`
         or (JAX) `jit_compile=False` is set, inside a trace, and on torch
         (whose eager kernels are what open_clip runs too).
         """
@@ -349,14 +347,10 @@ class CLIPModel(keras.Model):
         if not self.built:
             return None
         cache = self.__dict__.setdefault("_compiled_encoders", {})
-        key = (tower, bool(normalize), backend == "tensorflow" and self._inference_xla())
+        key = (tower, bool(normalize), backend == "tensorflow" and bool(self.jit_compile))
         if key not in cache:
             cache[key] = self._make_compiled_encoder(tower, bool(normalize), backend)
         return cache[key]
-
-    def _inference_xla(self):
-        requested = getattr(self, "_requested_jit_compile", "auto")
-        return bool(self.jit_compile) or requested == "auto"
 
     def _make_compiled_encoder(self, tower, normalize, backend):
         if tower == "image":
@@ -373,7 +367,7 @@ class CLIPModel(keras.Model):
         if backend == "tensorflow":
             import tensorflow as tf
 
-            return tf.function(encode, jit_compile=self._inference_xla(), reduce_retracing=True)
+            return tf.function(encode, jit_compile=bool(self.jit_compile), reduce_retracing=True)
         import jax
 
         variables = [v for layer in layers if layer is not None for v in layer.variables]
