@@ -45,8 +45,12 @@ sys.modules.setdefault(
 # maths with NumPy / open_clip / transformers references at 1e-4..1e-5, so
 # they pin full float32 there; no effect on CPU. (Measured on an H200: with
 # TF32 the JAX logits differ from the reference by ~3e-3.)
-os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
-if os.environ.get("KERAS_BACKEND") == "torch":
+# Only where an NVIDIA device exists: the setting is part of JAX's
+# compilation-cache key, and on CPU it changes nothing but the cache.
+_GPU = os.path.exists("/dev/nvidia0") or os.path.exists("/dev/nvidiactl")
+if _GPU:
+    os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
+if _GPU and os.environ.get("KERAS_BACKEND") == "torch":
     import torch
 
     torch.backends.cuda.matmul.allow_tf32 = False
