@@ -40,7 +40,8 @@ def sublayer(layer, *args, **kwargs):
     dtype policy and opened the autocast scope that `Dense.call` reads its
     kernel through. So on torch a built sublayer's `call` is invoked
     directly. TF and JAX trace `__call__` once per compiled program, so they
-    keep it.
+    keep it. (So torch forward hooks registered on such a sublayer do not
+    fire; hooks on the towers and the model still do.)
     """
     if _TORCH and layer.built:
         return layer.call(*args, **kwargs)
