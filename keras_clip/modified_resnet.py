@@ -62,17 +62,16 @@ class GlobalBatchNormalization(keras.layers.BatchNormalization):
         import torch
         import torch.nn.functional as F
 
-        x = inputs.movedim(-1, 1)  # NCHW view of the NHWC tensor (channels-last memory)
-        if x.device.type != "cuda":
-            # ATen's CPU kernel on channels-last memory is several times less
-            # precise single-threaded (~5e-6 vs ~7e-7 against float64 here);
-            # a contiguous NCHW copy takes its exact path.
-            x = x.contiguous()
-        if training and x.numel() == x.shape[1]:
+        if training and inputs.numel() == inputs.shape[-1]:
             # One value per channel: torch refuses; Keras's arithmetic gives 0 variance.
             return super().call(inputs, training=True)
-        if x.dtype != torch.float32 and x.device.type != "cuda":
-            x = x.float()  # CUDA's kernel takes half inputs with float32 statistics.
+        x = inputs.movedim(-1, 1)  # NCHW view of the NHWC tensor (channels-last memory)
+        if x.device.type != "cuda":
+            # One copy, float32 and contiguous NCHW: ATen's CPU kernel on
+            # channels-last memory is several times less precise
+            # single-threaded (~5e-6 vs ~7e-7 against float64 here). CUDA's
+            # kernel takes channels-last half inputs with float32 statistics.
+            x = x.to(dtype=torch.float32, memory_format=torch.contiguous_format)
         weight = ops.convert_to_tensor(self.gamma).float() if self.scale else None
         bias = ops.convert_to_tensor(self.beta).float() if self.center else None
         if training:

@@ -164,7 +164,6 @@ def test_bottleneck_downsample_is_anti_aliased():
     assert tuple(block(x).shape) == (1, 2, 2, 16)
 
 
-
 def _bn_output_and_input_grad(layer, x, weights):
     """`layer(x, training=True)` and d sum(y * weights) / dx by the backend's
     own autodiff (stateless on JAX, where the moving statistics come back)."""
@@ -241,6 +240,7 @@ def test_batch_norm_matches_numpy_in_training_and_inference(dtype):
     expected = (x32 - new_mean) / np.sqrt(new_var + 1e-5) * gamma + beta
     np.testing.assert_allclose(inferred, expected, atol=5 * tol, rtol=tol)
     assert keras.backend.standardize_dtype(layer(x, training=False).dtype) == layer.compute_dtype
+
 
 LAYER_CASES = [
     (MultiHeadSelfAttention, dict(width=16, num_heads=2), (2, 5, 16), "float32"),
