@@ -27,6 +27,10 @@ def get_activation(name):
 
 
 _TORCH = keras.backend.backend() == "torch"
+# Torch only: run each built transformer block as direct
+# `torch.nn.functional` calls (`ResidualAttentionBlock._torch_fused`).
+# Module-level so tests can compare it with the Keras-ops path.
+TORCH_FUSED_BLOCKS = True
 
 
 def sublayer(layer, *args, **kwargs):
@@ -207,9 +211,69 @@ class ResidualAttentionBlock(keras.layers.Layer):
         )
 
     def call(self, x):
+        if _TORCH and self._torch_fusable():
+            return self._torch_fused(x)
         x = x + sublayer(self.attn, sublayer(self.ln_1, x))  # (B, T, D)
         h = self._act(sublayer(self.mlp_fc, sublayer(self.ln_2, x)))  # (B, T, mlp_ratio * D)
         return x + sublayer(self.mlp_proj, h)
+
+    def _torch_fusable(self):
+        dense = (self.attn.qkv, self.attn.out_proj, self.mlp_fc, self.mlp_proj)
+        return TORCH_FUSED_BLOCKS and all(
+            layer.built
+            and not getattr(layer, "lora_enabled", False)
+            and getattr(layer, "quantization_mode", None) is None
+            for layer in dense
+        )
+
+    def _torch_fused(self, x):
+        """The same block as straight `torch.nn.functional` calls.
+
+        Eager torch pays Keras's op dispatch on every op of every step
+        (argument conversion, dtype resolution, `dot_product_attention`'s
+        transposes and copies), about 20 ops per block; open_clip's block
+        is a handful of ATen calls. This path makes the ATen calls
+        directly: `F.linear` with the Keras kernel transposed as a view
+        (one `addmm`, bias fused), `F.layer_norm` in float32 as Keras's
+        layer normalisation computes it, and `F.scaled_dot_product_attention`
+        on strided views of the fused projection (no copies). Same weights,
+        same maths, autograd through it as through any torch code.
+        """
+        import torch
+        import torch.nn.functional as F
+
+        dtype = x.dtype
+        batch, length, width = x.shape
+        heads, head_dim = self.num_heads, width // self.num_heads
+
+        def linear(h, layer):
+            kernel = layer.kernel.value.to(dtype)
+            bias = layer.bias.value.to(dtype) if layer.use_bias else None
+            return F.linear(h, kernel.t(), bias)
+
+        def norm(h, layer):
+            out = F.layer_norm(
+                h.float(),
+                (width,),
+                layer.gamma.value.float(),
+                layer.beta.value.float(),
+                layer.epsilon,
+            )
+            return out.to(dtype)
+
+        qkv = linear(norm(x, self.ln_1), self.attn.qkv)  # (B, T, 3D)
+        qkv = qkv.view(batch, length, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(
+            qkv[0], qkv[1], qkv[2], is_causal=self.causal
+        )  # (B, H, T, Dh)
+        out = out.transpose(1, 2).reshape(batch, length, width)
+        x = x + linear(out, self.attn.out_proj)  # (B, T, D)
+        h = linear(norm(x, self.ln_2), self.mlp_fc)  # (B, T, mlp_ratio * D)
+        if self.activation == "quick_gelu":
+            h = h * torch.sigmoid(1.702 * h)
+        else:
+            h = F.gelu(h)
+        return x + linear(h, self.mlp_proj)
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -104,6 +104,79 @@ def test_residual_block_matches_numpy():
     np.testing.assert_allclose(got, expected, atol=1e-4)
 
 
+def _block_grads(fn, block, x, dy):
+    """`fn(x)` and the gradients of sum(fn(x) * dy) with respect to `x` and
+    to every trainable weight of `block`, by the backend's own autodiff."""
+    backend = keras.backend.backend()
+    variables = block.trainable_variables
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        x = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = fn(x)
+            total = tf.reduce_sum(tf.cast(y, "float32") * dy)
+        grads = tape.gradient(total, [x] + [v.value for v in variables])
+        return [np.asarray(g, "float32") for g in [y] + grads]
+    if backend == "jax":
+        import jax
+
+        def f(values, x):
+            with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+                y = fn(x)
+            return (y.astype("float32") * dy).sum(), y
+
+        (gw, gx), y = jax.grad(f, argnums=(0, 1), has_aux=True)([v.value for v in variables], x)
+        return [np.asarray(g, "float32") for g in [y, gx] + list(gw)]
+    import torch
+
+    for v in variables:
+        v.value.grad = None
+    x = keras.ops.convert_to_tensor(x).requires_grad_(True)
+    y = fn(x)
+    (y.float() * torch.as_tensor(dy)).sum().backward()
+    grads = [x.grad] + [v.value.grad for v in variables]
+    return [keras.ops.convert_to_numpy(g.float()) for g in [y.detach()] + grads]
+
+
+@pytest.mark.parametrize(
+    "causal,activation,dtype",
+    [(False, "quick_gelu", "float32"), (True, "gelu", "float32"), (True, "quick_gelu", "mixed_bfloat16")],
+)
+def test_residual_block_call_equals_its_sublayers_with_gradients(causal, activation, dtype):
+    # On torch a built block runs as direct torch.nn.functional calls
+    # (`_torch_fused`); everywhere, its output and every gradient (input and
+    # weights) must equal the composition of its sublayers, each called
+    # through Keras (and each checked against NumPy above).
+    rng = np.random.default_rng(11)
+    block = ResidualAttentionBlock(16, 2, activation=activation, causal=causal, dtype=dtype)
+    block.build((2, 5, 16))
+    randomize(block)
+    x = rng.standard_normal((2, 5, 16)).astype("float32")
+    dy = rng.standard_normal((2, 5, 16)).astype("float32")
+    if dtype == "mixed_bfloat16":
+        x = x.astype(keras.backend.standardize_dtype("bfloat16"))
+        tol = 3e-2
+    else:
+        tol = 1e-5
+    act = quick_gelu if activation == "quick_gelu" else (
+        lambda h: keras.activations.gelu(h, approximate=False))
+
+    def composed(x):
+        h = x + block.attn(block.ln_1(x))
+        return h + block.mlp_proj(act(block.mlp_fc(block.ln_2(h))))
+
+    got = _block_grads(block, block, x, dy)
+    expected = _block_grads(composed, block, x, dy)
+    names = ["output", "input"] + [v.path for v in block.trainable_variables]
+    assert len(got) == len(names) == 2 + 12
+    for name, a, b in zip(names, got, expected):
+        scale = max(1.0, float(np.abs(b).max()))
+        np.testing.assert_allclose(a, b, atol=tol * scale, rtol=tol, err_msg=name)
+    assert keras.backend.standardize_dtype(block(x).dtype) == block.compute_dtype
+
+
 def test_attention_pool_matches_numpy():
     rng = np.random.default_rng(4)
     x = rng.standard_normal((2, 2, 2, 16)).astype("float32")
