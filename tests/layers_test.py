@@ -129,13 +129,11 @@ def _block_grads(fn, block, x, dy):
 
         (gw, gx), y = jax.grad(f, argnums=(0, 1), has_aux=True)([v.value for v in variables], x)
         return [np.asarray(g, "float32") for g in [y, gx] + list(gw)]
-    import torch
-
     for v in variables:
         v.value.grad = None
     x = keras.ops.convert_to_tensor(x).requires_grad_(True)
     y = fn(x)
-    (y.float() * torch.as_tensor(dy)).sum().backward()
+    (y.float() * keras.ops.convert_to_tensor(dy)).sum().backward()  # on Keras's device
     grads = [x.grad] + [v.value.grad for v in variables]
     return [keras.ops.convert_to_numpy(g.float()) for g in [y.detach()] + grads]
 
