@@ -13,6 +13,54 @@ ADAM_SETTINGS = {
 }
 
 
+if keras.backend.backend() == "torch":
+    # Keras swaps `keras.optimizers.AdamW` for this class on torch (its
+    # multi-tensor update); a subclass must derive from it to keep that path.
+    from keras.src.backend.torch.optimizers.torch_adamw import AdamW as _AdamW
+else:
+    _AdamW = keras.optimizers.AdamW
+
+
+@keras.saving.register_keras_serializable(package="keras_clip")
+class AdamW(_AdamW):
+    """Keras's AdamW, with its torch update done in place.
+
+    The maths is Keras's own on every backend: `m <- b1 m + (1 - b1) g`,
+    `v <- b2 v + (1 - b2) g^2`, `w <- w - lr sqrt(1 - b2^t) / (1 - b1^t) *
+    m / (sqrt(v) + eps)`, after the decoupled decay `w <- w (1 - lr wd)`.
+    On torch, Keras runs the update as ~11 multi-tensor passes over every
+    weight, four of them into new buffers (1.1 s per step for ViT-B/32's
+    151M weights on one core here); this does it as 7 in-place passes and
+    one buffer (0.6-0.8 s). TF and JAX fuse the update when compiling and
+    use Keras's code unchanged.
+    """
+
+    def _parallel_update_step(self, grads, variables, learning_rate):
+        import torch  # Only reached on the torch backend.
+
+        values = [v.value for v in variables]
+        dtype = values[0].dtype
+        lr = ops.cast(learning_rate, dtype)
+        step = ops.cast(self.iterations + 1, dtype)
+        beta_1_power = ops.power(ops.cast(self.beta_1, dtype), step)
+        beta_2_power = ops.power(ops.cast(self.beta_2, dtype), step)
+        alpha = lr * ops.sqrt(1 - beta_2_power) / (1 - beta_1_power)
+        index = self._get_variable_index
+        m = [self._momentums[index(v)].value for v in variables]
+        v2 = [self._velocities[index(v)].value for v in variables]
+        torch._foreach_lerp_(m, grads, 1 - self.beta_1)
+        torch._foreach_mul_(v2, self.beta_2)
+        torch._foreach_addcmul_(v2, grads, grads, value=1 - self.beta_2)
+        if self.amsgrad:
+            v_hat = [self._velocity_hats[index(v)].value for v in variables]
+            torch._foreach_maximum_(v_hat, v2)
+            v2 = v_hat
+        denom = torch._foreach_sqrt(v2)
+        torch._foreach_add_(denom, self.epsilon)
+        torch._foreach_div_(denom, alpha)  # alpha m / d == m / (d / alpha)
+        torch._foreach_addcdiv_(values, m, denom, value=-1.0)
+
+
 @keras.saving.register_keras_serializable(package="keras_clip")
 class WarmupCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
     """Linear warm-up to `learning_rate`, then cosine decay to `end_learning_rate`.
@@ -93,7 +141,8 @@ def make_optimizer(
         clipnorm: optional per-variable gradient norm clip.
 
     Returns:
-        A `keras.optimizers.AdamW`.
+        A `keras_clip.optimizers.AdamW` (Keras's AdamW, updated in place on
+        torch).
 
     Example:
 
@@ -109,7 +158,7 @@ def make_optimizer(
         warmup_steps=min(warmup_steps, total_steps),
         end_learning_rate=end_learning_rate,
     )
-    return keras.optimizers.AdamW(
+    return AdamW(
         learning_rate=schedule,
         weight_decay=weight_decay,
         beta_1=beta_1,

@@ -107,3 +107,46 @@ def test_exclusions_reach_the_optimizer_inside_loss_scaling():
     # cannot run eagerly on JAX, so step the inner optimizer directly).
     inner = model.optimizer.inner_optimizer
     assert decayed_by_one_step(model, inner) == expected_decayed(model)
+
+
+@pytest.mark.parametrize("amsgrad", [False, True])
+def test_adamw_update_matches_numpy_and_keras(amsgrad):
+    # keras_clip.optimizers.AdamW replaces only Keras's torch update (in
+    # place); on every backend, four steps must equal the textbook update
+    # (NumPy, Keras's epsilon placement) and Keras's own AdamW.
+    from keras_clip.optimizers import AdamW
+
+    rng = np.random.default_rng(4)
+    shapes = [(3, 5), (5,), (2, 2, 3)]
+    init = [rng.standard_normal(s).astype("float32") for s in shapes]
+    grads = [[rng.standard_normal(s).astype("float32") for s in shapes] for _ in range(4)]
+    kwargs = dict(learning_rate=0.01, weight_decay=0.1, beta_1=0.8, beta_2=0.9,
+                  epsilon=1e-3, amsgrad=amsgrad)
+
+    def run(optimizer):
+        variables = [keras.Variable(w) for w in init]
+        optimizer.build(variables)
+        for g in grads:
+            optimizer.apply_gradients(zip([keras.ops.convert_to_tensor(x) for x in g], variables))
+        return [to_np(v) for v in variables]
+
+    w = [x.astype("float64") for x in init]
+    m = [np.zeros_like(x) for x in w]
+    v = [np.zeros_like(x) for x in w]
+    v_hat = [np.zeros_like(x) for x in w]
+    for t, g in enumerate(grads, start=1):
+        alpha = 0.01 * np.sqrt(1 - 0.9**t) / (1 - 0.8**t)
+        for i, gi in enumerate(g):
+            w[i] = w[i] * (1 - 0.01 * 0.1)
+            m[i] = 0.8 * m[i] + 0.2 * gi
+            v[i] = 0.9 * v[i] + 0.1 * gi.astype("float64") ** 2
+            v_hat[i] = np.maximum(v_hat[i], v[i])
+            w[i] = w[i] - alpha * m[i] / (np.sqrt(v_hat[i] if amsgrad else v[i]) + 1e-3)
+    ours = run(AdamW(**kwargs))
+    stock = run(keras.optimizers.AdamW(**kwargs))
+    for a, b, ref in zip(ours, stock, w):
+        np.testing.assert_allclose(a, ref, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # Saved and restored as itself, settings kept.
+    restored = keras.optimizers.deserialize(keras.optimizers.serialize(AdamW(**kwargs)))
+    assert type(restored) is type(AdamW(**kwargs)) and restored.amsgrad == amsgrad
