@@ -8,6 +8,7 @@ from keras_clip.layers import (
     MultiHeadSelfAttention,
     ResidualAttentionBlock,
     Transformer,
+    get_activation,
     quick_gelu,
 )
 from keras_clip.modified_resnet import AttentionPool2d, Bottleneck, GlobalBatchNormalization
@@ -158,8 +159,7 @@ def test_residual_block_call_equals_its_sublayers_with_gradients(causal, activat
         tol = 3e-2
     else:
         tol = 1e-5
-    act = quick_gelu if activation == "quick_gelu" else (
-        lambda h: keras.activations.gelu(h, approximate=False))
+    act = get_activation(activation)
 
     def composed(x):
         h = x + block.attn(block.ln_1(x))
