@@ -10,6 +10,7 @@ import keras
 from keras import ops
 
 from keras_clip import distributed
+from keras_clip import layers as clip_layers
 from keras_clip.layers import sublayer
 
 # PyTorch BatchNorm2d defaults (momentum 0.1 there is 0.9 here).
@@ -42,18 +43,24 @@ class GlobalBatchNormalization(keras.layers.BatchNormalization):
         if (
             keras.backend.backend() == "torch"
             and mask is None
-            and not self.renorm
             and self.axis in (-1, len(inputs.shape) - 1)
-            and not distributed.replica_context().active
+            and self._torch_fusable()
         ):
-            return self._torch_fused(inputs, bool(training) and self.trainable)
+            y = self._torch_fused(inputs.movedim(-1, 1), bool(training) and self.trainable)
+            return y.movedim(1, -1)
         return super().call(inputs, training=training, mask=mask)
 
-    def _torch_fused(self, inputs, training):
+    def _torch_fusable(self):
+        return not self.renorm and not distributed.replica_context().active
+
+    def _torch_fused(self, x, training):
         """One `torch.nn.functional.batch_norm` call (cuDNN / ATen's fused
         kernel, forward and backward) instead of Keras's op-by-op arithmetic
         on torch, which keeps several full-size intermediates (and a float32
         copy of a bfloat16 activation) for the backward pass.
+
+        Takes and returns an NCHW tensor: an NHWC tensor's `movedim(-1, 1)`
+        view, as the fused blocks below pass it, costs no copy.
 
         Same maths as Keras's layer: biased batch variance for the moving
         statistics (`moving = momentum * moving + (1 - momentum) * batch`),
@@ -62,10 +69,9 @@ class GlobalBatchNormalization(keras.layers.BatchNormalization):
         import torch
         import torch.nn.functional as F
 
-        if training and inputs.numel() == inputs.shape[-1]:
+        if training and x.numel() == x.shape[1]:
             # One value per channel: torch refuses; Keras's arithmetic gives 0 variance.
-            return super().call(inputs, training=True)
-        x = inputs.movedim(-1, 1)  # NCHW view of the NHWC tensor (channels-last memory)
+            return super().call(x.movedim(1, -1), training=True).movedim(-1, 1)
         if x.device.type != "cuda":
             # One copy, float32 and contiguous NCHW: ATen's CPU kernel on
             # channels-last memory is several times less precise
@@ -93,7 +99,7 @@ class GlobalBatchNormalization(keras.layers.BatchNormalization):
                 ops.convert_to_tensor(self.moving_variance).float(),
                 weight, bias, False, 0.0, self.epsilon,
             )
-        return ops.cast(y.movedim(1, -1), self.compute_dtype)
+        return y.to(getattr(torch, keras.backend.standardize_dtype(self.compute_dtype)))
 
 
 def _bn(name, policy, zero_gamma=False):
@@ -109,6 +115,34 @@ def _pad(name, policy):
     # Symmetric padding of 1, as PyTorch's `padding=1` (Keras "same" pads
     # stride-2 convolutions asymmetrically).
     return keras.layers.ZeroPadding2D(1, name=name, dtype=policy)
+
+
+def _torch_fusable(convs, norms):
+    """Whether the torch fused path may replace these sublayers' `call`s."""
+    return (
+        clip_layers.TORCH_FUSED_BLOCKS
+        and all(
+            c.built
+            and not getattr(c, "lora_enabled", False)
+            and getattr(c, "quantization_mode", None) is None
+            for c in convs
+        )
+        and all(n.built and n._torch_fusable() for n in norms)
+    )
+
+
+def _torch_conv_bn(conv, norm, x, training, stride=1, padding=0):
+    """`norm(conv(x))` on an NCHW torch tensor, as direct ATen calls.
+
+    `x` is in the compute dtype (the parent layer's `__call__` cast it);
+    the kernel, kept `(kh, kw, in, out)` by Keras, is cast to it and read
+    as `(out, in, kh, kw)` through a permuted view.
+    """
+    import torch.nn.functional as F
+
+    kernel = conv.kernel.value.to(x.dtype).permute(3, 2, 0, 1)
+    y = F.conv2d(x, kernel, stride=stride, padding=padding)
+    return norm._torch_fused(y, training and norm.trainable)
 
 
 @keras.saving.register_keras_serializable(package="keras_clip")
@@ -172,6 +206,8 @@ class Bottleneck(keras.layers.Layer):
             self.downsample_bn.build((b, h // s, w // s, out))
 
     def call(self, x, training=None):
+        if clip_layers._TORCH and self._torch_fusable():
+            return self._torch_fused(x.movedim(-1, 1), training).movedim(1, -1)
         identity = x
         out = ops.relu(sublayer(self.bn1, sublayer(self.conv1, x), training=training))
         out = sublayer(self.conv2, sublayer(self.pad2, out))
@@ -185,6 +221,42 @@ class Bottleneck(keras.layers.Layer):
             identity = sublayer(self.downsample_conv, identity)
             identity = sublayer(self.downsample_bn, identity, training=training)
         return ops.relu(out + identity)
+
+    def _torch_fusable(self):
+        convs = [self.conv1, self.conv2, self.conv3, self.downsample_conv]
+        norms = [self.bn1, self.bn2, self.bn3, self.downsample_bn]
+        return _torch_fusable(
+            [c for c in convs if c is not None], [n for n in norms if n is not None]
+        )
+
+    def _torch_fused(self, x, training):
+        """The same block as direct `torch.nn.functional` calls, on NCHW.
+
+        On torch, Keras's `Conv2D` copies its input twice per call (into
+        contiguous NCHW, then into channels-last memory) and its pooling
+        transposes too; a bottleneck then spends more time (and, for the
+        backward pass, memory) on copies than on its convolutions. Here the
+        block runs on the NCHW view of the NHWC tensor: `F.conv2d` with the
+        Keras kernel as a `(out, in, kh, kw)` view, the fused batch norm,
+        `F.avg_pool2d`; no layout copies. Same weights and maths.
+        """
+        import torch
+        import torch.nn.functional as F
+
+        training = bool(training)
+        identity = x
+        out = torch.relu(_torch_conv_bn(self.conv1, self.bn1, x, training))
+        out = torch.relu(_torch_conv_bn(self.conv2, self.bn2, out, training, padding=1))
+        if self.pool is not None:
+            out = F.avg_pool2d(out, self.stride)
+        out = _torch_conv_bn(self.conv3, self.bn3, out, training)
+        if self.downsample_conv is not None:
+            if self.downsample_pool is not None:
+                identity = F.avg_pool2d(identity, self.stride)
+            identity = _torch_conv_bn(
+                self.downsample_conv, self.downsample_bn, identity, training
+            )
+        return torch.relu(out + identity)
 
     def compute_output_shape(self, input_shape):
         b, h, w, _ = input_shape
@@ -362,19 +434,44 @@ class ModifiedResNet(keras.layers.Layer):
         self.attnpool.build(shape)
 
     def call(self, images, training=None):
-        x = images
-        for layer in self.stem:
-            if isinstance(layer, keras.layers.BatchNormalization):
-                x = ops.relu(sublayer(layer, x, training=training))
-            else:
-                x = sublayer(layer, x)
-        x = sublayer(self.stem_pool, x)  # (B, S/4, S/4, width)
+        if clip_layers._TORCH and self._torch_stem_fusable():
+            x = self._torch_stem(images.movedim(-1, 1), training).movedim(1, -1)
+        else:
+            x = self._stem(images, training)  # (B, S/4, S/4, width)
         for block in self.blocks:
             if getattr(self, "remat", False):
                 x = keras.remat(lambda y, b=block: b(y, training=training))(x)
             else:
                 x = sublayer(block, x, training=training)  # (B, S/32, S/32, 32 width) at end
         return sublayer(self.attnpool, x)  # (B, output_dim)
+
+    def _torch_stem_fusable(self):
+        convs = [layer for layer in self.stem if isinstance(layer, keras.layers.Conv2D)]
+        norms = [layer for layer in self.stem if isinstance(layer, GlobalBatchNormalization)]
+        return _torch_fusable(convs, norms)
+
+    def _torch_stem(self, x, training):
+        """The stem on the NCHW view, as `Bottleneck._torch_fused` runs a block."""
+        import torch
+        import torch.nn.functional as F
+
+        training = bool(training)
+        convs = [layer for layer in self.stem if isinstance(layer, keras.layers.Conv2D)]
+        norms = [layer for layer in self.stem if isinstance(layer, GlobalBatchNormalization)]
+        for conv, norm in zip(convs, norms):
+            x = torch.relu(
+                _torch_conv_bn(conv, norm, x, training, stride=conv.strides[0], padding=1)
+            )
+        return F.avg_pool2d(x, 2)
+
+    def _stem(self, images, training):
+        x = images
+        for layer in self.stem:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                x = ops.relu(sublayer(layer, x, training=training))
+            else:
+                x = sublayer(layer, x)
+        return sublayer(self.stem_pool, x)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.output_dim)

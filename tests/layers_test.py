@@ -11,7 +11,13 @@ from keras_clip.layers import (
     get_activation,
     quick_gelu,
 )
-from keras_clip.modified_resnet import AttentionPool2d, Bottleneck, GlobalBatchNormalization
+from keras_clip import layers as clip_layers
+from keras_clip.modified_resnet import (
+    AttentionPool2d,
+    Bottleneck,
+    GlobalBatchNormalization,
+    ModifiedResNet,
+)
 from keras_clip.text_encoder import TextTransformer, end_of_text_positions
 from keras_clip.vision_transformer import VisionTransformer
 from tests.layer_checks import check_layer
@@ -233,6 +239,92 @@ def test_bottleneck_downsample_is_anti_aliased():
     pooled = keras.ops.convert_to_numpy(block.downsample_pool(x))
     np.testing.assert_allclose(pooled, 0.5 * np.ones((1, 2, 2, 8)), atol=1e-6)
     assert tuple(block(x).shape) == (1, 2, 2, 16)
+
+
+def _grads_and_state(fn, layer, x, dy):
+    """`_block_grads` plus `layer`'s non-trainable values (batch-norm moving
+    statistics) after the call; the variables are restored afterwards."""
+    state = layer.non_trainable_variables
+    before = [np.array(keras.ops.convert_to_numpy(v)) for v in state]
+    if keras.backend.backend() == "jax":
+        import jax
+
+        variables = layer.trainable_variables
+
+        def f(values, x):
+            with keras.StatelessScope(state_mapping=list(zip(variables, values))) as scope:
+                y = fn(x)
+                after = [scope.get_current_value(v) for v in state]
+            return (y.astype("float32") * dy).sum(), (y, after)
+
+        grad = jax.jit(jax.grad(f, argnums=(0, 1), has_aux=True))
+        (gw, gx), (y, after) = grad([v.value for v in variables], x)
+        out = [np.asarray(g, "float32") for g in [y, gx] + list(gw)]
+        after = [np.asarray(v if v is not None else b) for v, b in zip(after, before)]
+    else:
+        out = _block_grads(fn, layer, x, dy)
+        after = [np.array(keras.ops.convert_to_numpy(v)) for v in state]
+    for v, value in zip(state, before):
+        v.assign(value)
+    return out + after
+
+
+@pytest.mark.parametrize("stride,training", [(2, True), (1, True), (2, False)])
+def test_bottleneck_call_equals_its_sublayers_with_gradients(stride, training):
+    # On torch a built bottleneck runs as direct F.conv2d / F.batch_norm /
+    # F.avg_pool2d calls on the NCHW view (`_torch_fused`); everywhere its
+    # output, its gradients (input and all weights) and its moving
+    # statistics must equal its sublayers composed through Keras.
+    rng = np.random.default_rng(12)
+    block = Bottleneck(6, 4, stride=stride)  # 6 -> 16 channels: a projection shortcut
+    block.build((2, 6, 6, 6))
+    randomize(block)
+    x = rng.standard_normal((2, 6, 6, 6)).astype("float32")
+    dy = rng.standard_normal((2, 6 // stride, 6 // stride, 16)).astype("float32")
+    relu = keras.ops.relu
+
+    def composed(x):
+        out = relu(block.bn1(block.conv1(x), training=training))
+        out = relu(block.bn2(block.conv2(block.pad2(out)), training=training))
+        if block.pool is not None:
+            out = block.pool(out)
+        out = block.bn3(block.conv3(out), training=training)
+        identity = x
+        if block.downsample_pool is not None:
+            identity = block.downsample_pool(identity)
+        identity = block.downsample_bn(block.downsample_conv(identity), training=training)
+        return relu(out + identity)
+
+    got = _grads_and_state(lambda x: block(x, training=training), block, x, dy)
+    expected = _grads_and_state(composed, block, x, dy)
+    names = (["output", "input"] + [v.path for v in block.trainable_variables]
+             + [v.path for v in block.non_trainable_variables])
+    assert len(got) == len(names) == 2 + 3 * 4 + 2 * 4
+    for name, a, b in zip(names, got, expected):
+        scale = max(1.0, float(np.abs(b).max()))
+        np.testing.assert_allclose(a, b, atol=1e-5 * scale, rtol=1e-5, err_msg=name)
+    if training:  # the moving statistics did move
+        assert not np.allclose(got[-1], keras.ops.convert_to_numpy(block.downsample_bn.moving_variance))
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_resnet_tower_equals_keras_ops_path_with_gradients(monkeypatch, training):
+    # The whole tower (stem included) with the torch fused path, against the
+    # same weights run through Keras's layers (the path TF and JAX take).
+    rng = np.random.default_rng(13)
+    tower = ModifiedResNet(32, (1, 1, 1, 1), 8, 2, 16)
+    tower.build()
+    randomize(tower)
+    x = rng.standard_normal((3, 32, 32, 3)).astype("float32")
+    dy = rng.standard_normal((3, 16)).astype("float32")
+    got = _grads_and_state(lambda x: tower(x, training=training), tower, x, dy)
+    monkeypatch.setattr(clip_layers, "TORCH_FUSED_BLOCKS", False)
+    expected = _grads_and_state(lambda x: tower(x, training=training), tower, x, dy)
+    names = (["output", "input"] + [v.path for v in tower.trainable_variables]
+             + [v.path for v in tower.non_trainable_variables])
+    for name, a, b in zip(names, got, expected):
+        scale = max(1.0, float(np.abs(b).max()))
+        np.testing.assert_allclose(a, b, atol=1e-4 * scale, rtol=1e-4, err_msg=name)
 
 
 def _bn_output_and_input_grad(layer, x, weights):
