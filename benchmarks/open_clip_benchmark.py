@@ -197,6 +197,9 @@ def peak_memory_mib(device):
 def time_inference(encode_image, encode_text, images, ids):
     """Median latency of both encoders at batch 1 and 32, outputs as NumPy.
 
+    The inputs are converted to the backend's tensors (on its device) before
+    timing, as open_clip's inputs are torch tensors already on its device;
+    the embeddings come back as NumPy, which also waits for the device.
     Under torch, inside `torch.no_grad()` as open_clip is timed (Keras's
     `predict` does the same); TF and JAX run compiled programs.
     """
@@ -213,8 +216,8 @@ def time_inference(encode_image, encode_text, images, ids):
     out = {}
     with no_grad:
         for n in (1, 32):
-            xi = np.repeat(images[:1], n, axis=0)
-            xt = np.repeat(ids[:1], n, axis=0)
+            xi = keras.ops.convert_to_tensor(np.repeat(images[:1], n, axis=0))
+            xt = keras.ops.convert_to_tensor(np.repeat(ids[:1], n, axis=0))
             run_image = lambda: keras.ops.convert_to_numpy(encode_image(xi))
             run_text = lambda: keras.ops.convert_to_numpy(encode_text(xt))
             run_image(), run_text()
