@@ -33,6 +33,18 @@ _TORCH = keras.backend.backend() == "torch"
 TORCH_FUSED_BLOCKS = True
 
 
+def torch_fusable(layers):
+    """Whether a torch fused path may use these built sublayers' weights
+    directly: the switch is on and none has LoRA or quantization (whose
+    `call` does more than its kernel)."""
+    return TORCH_FUSED_BLOCKS and all(
+        layer.built
+        and not getattr(layer, "lora_enabled", False)
+        and getattr(layer, "quantization_mode", None) is None
+        for layer in layers
+    )
+
+
 def sublayer(layer, *args, **kwargs):
     """Calls a built sublayer from inside its parent layer's `call`.
 
@@ -218,12 +230,8 @@ class ResidualAttentionBlock(keras.layers.Layer):
         return x + sublayer(self.mlp_proj, h)
 
     def _torch_fusable(self):
-        dense = (self.attn.qkv, self.attn.out_proj, self.mlp_fc, self.mlp_proj)
-        return TORCH_FUSED_BLOCKS and all(
-            layer.built
-            and not getattr(layer, "lora_enabled", False)
-            and getattr(layer, "quantization_mode", None) is None
-            for layer in dense
+        return torch_fusable(
+            (self.attn.qkv, self.attn.out_proj, self.mlp_fc, self.mlp_proj)
         )
 
     def _torch_fused(self, x):

@@ -41,7 +41,7 @@ class GlobalBatchNormalization(keras.layers.BatchNormalization):
 
     def call(self, inputs, training=None, mask=None):
         if (
-            keras.backend.backend() == "torch"
+            clip_layers._TORCH
             and mask is None
             and self.axis in (-1, len(inputs.shape) - 1)
             and self._torch_fusable()
@@ -119,15 +119,8 @@ def _pad(name, policy):
 
 def _torch_fusable(convs, norms):
     """Whether the torch fused path may replace these sublayers' `call`s."""
-    return (
-        clip_layers.TORCH_FUSED_BLOCKS
-        and all(
-            c.built
-            and not getattr(c, "lora_enabled", False)
-            and getattr(c, "quantization_mode", None) is None
-            for c in convs
-        )
-        and all(n.built and n._torch_fusable() for n in norms)
+    return clip_layers.torch_fusable(convs) and all(
+        n.built and n._torch_fusable() for n in norms
     )
 
 
@@ -445,10 +438,13 @@ class ModifiedResNet(keras.layers.Layer):
                 x = sublayer(block, x, training=training)  # (B, S/32, S/32, 32 width) at end
         return sublayer(self.attnpool, x)  # (B, output_dim)
 
-    def _torch_stem_fusable(self):
+    def _stem_convs_and_norms(self):
         convs = [layer for layer in self.stem if isinstance(layer, keras.layers.Conv2D)]
         norms = [layer for layer in self.stem if isinstance(layer, GlobalBatchNormalization)]
-        return _torch_fusable(convs, norms)
+        return convs, norms
+
+    def _torch_stem_fusable(self):
+        return _torch_fusable(*self._stem_convs_and_norms())
 
     def _torch_stem(self, x, training):
         """The stem on the NCHW view, as `Bottleneck._torch_fused` runs a block."""
@@ -456,9 +452,7 @@ class ModifiedResNet(keras.layers.Layer):
         import torch.nn.functional as F
 
         training = bool(training)
-        convs = [layer for layer in self.stem if isinstance(layer, keras.layers.Conv2D)]
-        norms = [layer for layer in self.stem if isinstance(layer, GlobalBatchNormalization)]
-        for conv, norm in zip(convs, norms):
+        for conv, norm in zip(*self._stem_convs_and_norms()):
             x = torch.relu(
                 _torch_conv_bn(conv, norm, x, training, stride=conv.strides[0], padding=1)
             )
