@@ -113,7 +113,9 @@ def test_residual_block_matches_numpy():
 
 def _block_grads(fn, block, x, dy):
     """`fn(x)` and the gradients of sum(fn(x) * dy) with respect to `x` and
-    to every trainable weight of `block`, by the backend's own autodiff."""
+    to every trainable weight of `block`, by the backend's own autodiff.
+    `block`'s non-trainable variables (batch-norm moving statistics) are
+    updated by the call on every backend, as on TF and torch."""
     backend = keras.backend.backend()
     variables = block.trainable_variables
     if backend == "tensorflow":
@@ -129,12 +131,19 @@ def _block_grads(fn, block, x, dy):
     if backend == "jax":
         import jax
 
-        def f(values, x):
-            with keras.StatelessScope(state_mapping=list(zip(variables, values))):
-                y = fn(x)
-            return (y.astype("float32") * dy).sum(), y
+        state = block.non_trainable_variables
 
-        (gw, gx), y = jax.grad(f, argnums=(0, 1), has_aux=True)([v.value for v in variables], x)
+        def f(values, x):
+            with keras.StatelessScope(state_mapping=list(zip(variables, values))) as scope:
+                y = fn(x)
+                after = [scope.get_current_value(v) for v in state]
+            return (y.astype("float32") * dy).sum(), (y, after)
+
+        grad = jax.jit(jax.grad(f, argnums=(0, 1), has_aux=True))
+        (gw, gx), (y, after) = grad([v.value for v in variables], x)
+        for v, value in zip(state, after):
+            if value is not None:
+                v.assign(value)
         return [np.asarray(g, "float32") for g in [y, gx] + list(gw)]
     for v in variables:
         v.value.grad = None
@@ -246,24 +255,8 @@ def _grads_and_state(fn, layer, x, dy):
     statistics) after the call; the variables are restored afterwards."""
     state = layer.non_trainable_variables
     before = [np.array(keras.ops.convert_to_numpy(v)) for v in state]
-    if keras.backend.backend() == "jax":
-        import jax
-
-        variables = layer.trainable_variables
-
-        def f(values, x):
-            with keras.StatelessScope(state_mapping=list(zip(variables, values))) as scope:
-                y = fn(x)
-                after = [scope.get_current_value(v) for v in state]
-            return (y.astype("float32") * dy).sum(), (y, after)
-
-        grad = jax.jit(jax.grad(f, argnums=(0, 1), has_aux=True))
-        (gw, gx), (y, after) = grad([v.value for v in variables], x)
-        out = [np.asarray(g, "float32") for g in [y, gx] + list(gw)]
-        after = [np.asarray(v if v is not None else b) for v, b in zip(after, before)]
-    else:
-        out = _block_grads(fn, layer, x, dy)
-        after = [np.array(keras.ops.convert_to_numpy(v)) for v in state]
+    out = _block_grads(fn, layer, x, dy)
+    after = [np.array(keras.ops.convert_to_numpy(v)) for v in state]
     for v, value in zip(state, before):
         v.assign(value)
     return out + after
