@@ -182,16 +182,18 @@ def main():
     parser.add_argument("--minutes", type=float, default=8.0, help="training cap of each model")
     parser.add_argument("--baseline-epochs", type=int, default=17, help="schedule length; 17 fit 8 min on 2 cores (TF)")
     parser.add_argument("--baseline-image-size", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of both runs, and of the concept hold-out (so of the held-out set)")
     parser.add_argument("--skip-demo", action="store_true")
     args = parser.parse_args()
-    base = run_baseline(args.minutes, args.baseline_image_size, args.baseline_epochs)
+    base = run_baseline(args.minutes, args.baseline_image_size, args.baseline_epochs, seed=args.seed)
     rows = [("conv + bag-of-words baseline", base)]
     if not args.skip_demo:
-        m = demo.run(output_dir="outputs/benchmark_demo", minutes=args.minutes)
+        m = demo.run(output_dir="outputs/benchmark_demo", minutes=args.minutes, seed=args.seed)
         rows.append((f"keras_clip demo ({m.get('preset', 'demo')})", m))
     print()
     print(f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-          f"backend {keras.backend.backend()}; training cap {args.minutes:g} min each; "
+          f"backend {keras.backend.backend()}; seed {args.seed}; training cap {args.minutes:g} min each; "
           "held-out = Twemoji concepts never trained on, Noto = every concept in the unseen style.")
     print()
     print("| model | epochs | train min | held-out top-1 / top-5 | Noto top-1 / top-5 |")
