@@ -138,6 +138,7 @@ def run_train(
     learning_rate=5e-4,
     warmup_steps=100,
     weight_decay=0.2,
+    label_smoothing=0.0,
     precision="float32",
     image_size=None,
     tokenizer="auto",
@@ -212,7 +213,7 @@ def run_train(
             model, total_steps=epochs * steps_per_epoch, learning_rate=learning_rate,
             warmup_steps=min(warmup_steps, epochs * steps_per_epoch - 1),
             weight_decay=weight_decay,
-        ))
+        ), label_smoothing=label_smoothing)
         print(f"Built {cfg.vision} CLIP: {model.count_params():,} parameters, "
               f"vocabulary {tok.vocabulary_size:,}, {model.config.image_size} px.")
         return model

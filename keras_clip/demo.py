@@ -105,6 +105,7 @@ def run(
     preset="demo-resnet",
     seed=0,
     weight_decay=0.1,
+    label_smoothing=0.2,
     warmup_steps=50,
     crop_scale=(0.8, 1.0),
     rotation=10.0,
@@ -134,6 +135,7 @@ def run(
             warmup_steps=min(warmup_steps, steps),
             weight_decay=weight_decay,
         ),
+        label_smoothing=label_smoothing,
         jit_compile=jit_compile,
     )
     ds = data.from_arrays(
@@ -179,6 +181,7 @@ def run(
         "backend": keras.backend.backend(),
         "preset": preset,
         "image_size": image_size,
+        "label_smoothing": label_smoothing,
         "train_seconds": seconds,
         "train_pairs": len(train),
         "epochs": len(history.history["loss"]),

@@ -38,11 +38,31 @@ def l2_normalize(x, epsilon=1e-12):
     return x / norm
 
 
-def _cross_entropy(logits, labels):
-    # Mean over rows of -log softmax(logits)[row, label].
+def _cross_entropy(logits, labels, label_smoothing=0.0):
+    # Mean over rows of -log softmax(logits) against a target that puts
+    # 1 - eps on the label and eps spread evenly over all M columns:
+    # (1 - eps) * NLL(label) + eps * mean_j(-log p_j).
     log_probs = ops.log_softmax(logits, axis=-1)
     picked = ops.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
-    return -ops.mean(picked)
+    if not label_smoothing:
+        return -ops.mean(picked)
+    uniform = ops.mean(log_probs, axis=-1)
+    return -ops.mean((1.0 - label_smoothing) * picked + label_smoothing * uniform)
+
+
+def _check_label_smoothing(label_smoothing):
+    """Returns `label_smoothing` as a float in [0, 1), or raises."""
+    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)):
+        raise ValueError(
+            "Expected `label_smoothing` to be a float in [0, 1). "
+            f"Received: {label_smoothing!r} of type {type(label_smoothing).__name__}"
+        )
+    if not 0.0 <= float(label_smoothing) < 1.0:
+        raise ValueError(
+            "Expected `label_smoothing` to be a float in [0, 1). "
+            f"Received: {label_smoothing!r}"
+        )
+    return float(label_smoothing)
 
 
 def _accuracy(logits, labels):
@@ -50,7 +70,8 @@ def _accuracy(logits, labels):
     return ops.mean(ops.cast(hits, "float32"))
 
 
-def contrastive_loss(logits_per_image, logits_per_text=None, labels=None):
+def contrastive_loss(logits_per_image, logits_per_text=None, labels=None,
+                     label_smoothing=0.0):
     """Symmetric cross-entropy of CLIP (Radford et al. 2021, Figure 3).
 
     The image at row `i` is paired with the text at column `labels[i]`
@@ -64,11 +85,17 @@ def contrastive_loss(logits_per_image, logits_per_text=None, labels=None):
         labels: `(N,)` int column of each image's positive text; defaults to
             `arange(N)`. With `N != M` (one shard's rows against a gathered
             batch) pass the offset labels and the matching text rows.
+        label_smoothing: float in [0, 1); each row's target puts
+            `1 - label_smoothing` on its positive and spreads
+            `label_smoothing` evenly over all of its columns (as
+            `keras.losses.CategoricalCrossentropy(label_smoothing=...)`),
+            on both sides. 0 is the paper's loss.
 
     Returns:
         A tuple `(loss, image_to_text_accuracy, text_to_image_accuracy)` of
         float32 scalars.
     """
+    label_smoothing = _check_label_smoothing(label_smoothing)
     logits_per_image = ops.cast(logits_per_image, "float32")
     if logits_per_text is None:
         logits_per_text = ops.transpose(logits_per_image)
@@ -77,8 +104,8 @@ def contrastive_loss(logits_per_image, logits_per_text=None, labels=None):
         labels = ops.arange(ops.shape(logits_per_image)[0], dtype="int32")
     labels = ops.cast(labels, "int32")
     loss = 0.5 * (
-        _cross_entropy(logits_per_image, labels)
-        + _cross_entropy(logits_per_text, labels)
+        _cross_entropy(logits_per_image, labels, label_smoothing)
+        + _cross_entropy(logits_per_text, labels, label_smoothing)
     )
     return (
         loss,
@@ -88,14 +115,14 @@ def contrastive_loss(logits_per_image, logits_per_text=None, labels=None):
 
 
 def chunked_contrastive_loss(image, text, scale, chunk_size, labels=None,
-                             all_image=None, all_text=None):
+                             all_image=None, all_text=None, label_smoothing=0.0):
     """`contrastive_loss` computed in blocks of rows, with a blockwise gradient.
 
     Only one `(chunk_size, M)` block of logits is alive at a time, in the
     forward and in the backward pass, instead of the whole `(N, M)` matrix:
     the blocks run inside a loop primitive (`ops.fori_loop`: an XLA / TF
     while loop, a Python loop on torch) and the gradient is written by hand
-    (`softmax - one_hot` per block, recomputed), so no backend stores the
+    (`softmax - target` per block, recomputed), so no backend stores the
     blocks for the backward pass. Value and gradients equal the unchunked
     loss.
 
@@ -107,11 +134,13 @@ def chunked_contrastive_loss(image, text, scale, chunk_size, labels=None,
         labels: `(N,)` column of each row's positive; defaults to `arange(N)`.
         all_image, all_text: `(M, E)` columns (the gathered global batch);
             default to `image` / `text`.
+        label_smoothing: float in [0, 1), as in `contrastive_loss`.
 
     Returns:
         `(loss, image_to_text_accuracy, text_to_image_accuracy)` as in
         `contrastive_loss`.
     """
+    label_smoothing = _check_label_smoothing(label_smoothing)
     if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
         raise ValueError(f"Expected a positive int `chunk_size`. Received: {chunk_size!r}")
     image = ops.cast(image, "float32")
@@ -128,13 +157,15 @@ def chunked_contrastive_loss(image, text, scale, chunk_size, labels=None,
         labels = ops.arange(n, dtype="int32")
     labels = ops.cast(labels, "int32")
     scale = ops.cast(scale, "float32")
-    i2t_nll, i2t_hits = _blocked_cross_entropy(image, all_text, scale, labels, chunk_size)
-    t2i_nll, t2i_hits = _blocked_cross_entropy(text, all_image, scale, labels, chunk_size)
+    i2t_nll, i2t_hits = _blocked_cross_entropy(
+        image, all_text, scale, labels, chunk_size, label_smoothing)
+    t2i_nll, t2i_hits = _blocked_cross_entropy(
+        text, all_image, scale, labels, chunk_size, label_smoothing)
     return 0.5 * (i2t_nll + t2i_nll) / n, i2t_hits / n, t2i_hits / n
 
 
 # The blockwise cross-entropy: sums over rows of -log softmax(scale * R C^T)
-# at each row's label, and of argmax hits. `_blocks_forward` /
+# against each row's (smoothed) target, and of argmax hits. `_blocks_forward` /
 # `_blocks_backward` are plain `keras.ops` loops shared by the three
 # backends; `_blocked_cross_entropy` attaches the backward to the forward
 # with each backend's own custom-gradient mechanism.
@@ -163,7 +194,7 @@ def _block(rows, labels, weights, i, chunk):
     )
 
 
-def _blocks_forward(rows, columns, scale, labels, chunk):
+def _blocks_forward(rows, columns, scale, labels, chunk, smoothing):
     rows, labels, weights, blocks = _padded_rows(rows, labels, chunk)
 
     def body(i, totals):
@@ -172,6 +203,8 @@ def _blocks_forward(rows, columns, scale, labels, chunk):
         logits = scale * ops.matmul(r, ops.transpose(columns))
         log_probs = ops.log_softmax(logits, axis=-1)
         picked = ops.take_along_axis(log_probs, y[:, None], axis=-1)[:, 0]
+        if smoothing:
+            picked = (1.0 - smoothing) * picked + smoothing * ops.mean(log_probs, axis=-1)
         hit = ops.cast(ops.equal(ops.argmax(logits, axis=-1), y), "float32")
         return nll - ops.sum(w * picked), hits + ops.sum(w * hit)
 
@@ -179,7 +212,7 @@ def _blocks_forward(rows, columns, scale, labels, chunk):
     return ops.fori_loop(0, blocks, body, (zero, zero))
 
 
-def _blocks_backward(rows, columns, scale, labels, chunk, upstream):
+def _blocks_backward(rows, columns, scale, labels, chunk, smoothing, upstream):
     n = rows.shape[0]
     rows, labels, weights, blocks = _padded_rows(rows, labels, chunk)
     m = ops.shape(columns)[0]  # dynamic under a TF replica all-gather
@@ -189,8 +222,12 @@ def _blocks_backward(rows, columns, scale, labels, chunk, upstream):
         r, y, w = _block(rows, labels, weights, i, chunk)
         cosines = ops.matmul(r, ops.transpose(columns))
         probs = ops.softmax(scale * cosines, axis=-1)
-        # d(-log p_y) / d logits = softmax - one_hot, per weighted row.
-        g = (probs - ops.one_hot(y, m, dtype="float32")) * (upstream * w)[:, None]
+        # d(cross-entropy) / d logits = softmax - target, per weighted row;
+        # the target is (1 - eps) one_hot + eps / M.
+        target = ops.one_hot(y, m, dtype="float32")
+        if smoothing:
+            target = (1.0 - smoothing) * target + smoothing / ops.cast(m, "float32")
+        g = (probs - target) * (upstream * w)[:, None]
         d_rows = ops.slice_update(
             d_rows, [i * chunk, 0], scale * ops.matmul(g, columns)
         )
@@ -203,30 +240,31 @@ def _blocks_backward(rows, columns, scale, labels, chunk, upstream):
     return d_rows[:n], d_columns, d_scale
 
 
-def _blocked_cross_entropy(rows, columns, scale, labels, chunk):
+def _blocked_cross_entropy(rows, columns, scale, labels, chunk, smoothing):
     import keras
 
     backend = keras.backend.backend()
     if backend == "jax":
-        return _jax_blocked(chunk)(rows, columns, scale, labels)
+        return _jax_blocked(chunk, smoothing)(rows, columns, scale, labels)
     if backend == "torch":
-        return _TorchBlocked.apply(rows, columns, scale, labels, chunk)
+        return _TorchBlocked.apply(rows, columns, scale, labels, chunk, smoothing)
     if backend == "tensorflow":
-        return _tf_blocked(rows, columns, scale, labels, chunk)
+        return _tf_blocked(rows, columns, scale, labels, chunk, smoothing)
     # Other backends: autodiff through the loop (correct, not memory-bounded).
-    return _blocks_forward(rows, columns, scale, labels, chunk)
+    return _blocks_forward(rows, columns, scale, labels, chunk, smoothing)
 
 
-def _tf_blocked(rows, columns, scale, labels, chunk):
+def _tf_blocked(rows, columns, scale, labels, chunk, smoothing):
     import tensorflow as tf
 
     @tf.custom_gradient
     def blocked(rows, columns, scale):
-        nll, hits = _blocks_forward(rows, columns, scale, labels, chunk)
+        nll, hits = _blocks_forward(rows, columns, scale, labels, chunk, smoothing)
 
         def grad(d_nll, d_hits):
             del d_hits  # Accuracy has no gradient.
-            return _blocks_backward(rows, columns, scale, labels, chunk, d_nll)
+            return _blocks_backward(
+                rows, columns, scale, labels, chunk, smoothing, d_nll)
 
         return (nll, tf.stop_gradient(hits)), grad
 
@@ -234,14 +272,14 @@ def _tf_blocked(rows, columns, scale, labels, chunk):
 
 
 @functools.lru_cache(maxsize=None)
-def _jax_blocked(chunk):
-    """The blockwise cross-entropy with its VJP, one per chunk size."""
+def _jax_blocked(chunk, smoothing):
+    """The blockwise cross-entropy with its VJP, one per (chunk, smoothing)."""
     import jax
     import numpy as np
 
     @jax.custom_vjp
     def blocked(rows, columns, scale, labels):
-        return _blocks_forward(rows, columns, scale, labels, chunk)
+        return _blocks_forward(rows, columns, scale, labels, chunk, smoothing)
 
     def forward(rows, columns, scale, labels):
         return blocked(rows, columns, scale, labels), (rows, columns, scale, labels)
@@ -249,7 +287,7 @@ def _jax_blocked(chunk):
     def backward(saved, cotangents):
         rows, columns, scale, labels = saved
         d_rows, d_columns, d_scale = _blocks_backward(
-            rows, columns, scale, labels, chunk, cotangents[0]
+            rows, columns, scale, labels, chunk, smoothing, cotangents[0]
         )
         # Integer labels take a float0 (no-gradient) cotangent.
         return d_rows, d_columns, d_scale, np.zeros(labels.shape, jax.dtypes.float0)
@@ -263,10 +301,11 @@ def _torch_blocked_function():
 
     class Blocked(torch.autograd.Function):
         @staticmethod
-        def forward(ctx, rows, columns, scale, labels, chunk):
+        def forward(ctx, rows, columns, scale, labels, chunk, smoothing):
             ctx.save_for_backward(rows, columns, scale, labels)
             ctx.chunk = chunk
-            nll, hits = _blocks_forward(rows, columns, scale, labels, chunk)
+            ctx.smoothing = smoothing
+            nll, hits = _blocks_forward(rows, columns, scale, labels, chunk, smoothing)
             ctx.mark_non_differentiable(hits)
             return nll, hits
 
@@ -274,8 +313,9 @@ def _torch_blocked_function():
         def backward(ctx, d_nll, d_hits):
             rows, columns, scale, labels = ctx.saved_tensors
             with torch.no_grad():
-                grads = _blocks_backward(rows, columns, scale, labels, ctx.chunk, d_nll)
-            return (*grads, None, None)
+                grads = _blocks_backward(
+                    rows, columns, scale, labels, ctx.chunk, ctx.smoothing, d_nll)
+            return (*grads, None, None, None)
 
     return Blocked
 

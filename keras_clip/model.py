@@ -6,6 +6,7 @@ from keras.src.backend.common.stateless_scope import in_stateless_scope
 
 from keras_clip import configs, distributed
 from keras_clip.losses import (
+    _check_label_smoothing,
     chunked_contrastive_loss,
     clip_logits,
     contrastive_loss,
@@ -453,6 +454,7 @@ class CLIPModel(keras.Model):
     ):
         context = distributed.replica_context()
         chunk = getattr(self, "_loss_chunk_size", None)
+        smoothing = getattr(self, "_label_smoothing", 0.0)
         if context.active or chunk:
             image = y_pred["image_embeddings"]
             text = y_pred["text_embeddings"]
@@ -466,7 +468,8 @@ class CLIPModel(keras.Model):
             )
             if chunk:
                 loss, i2t, t2i = chunked_contrastive_loss(
-                    image, text, scale, chunk, labels, all_image, all_text
+                    image, text, scale, chunk, labels, all_image, all_text,
+                    label_smoothing=smoothing,
                 )
             else:
                 loss, i2t, t2i = contrastive_loss(
@@ -474,10 +477,12 @@ class CLIPModel(keras.Model):
                         image, text, all_image, all_text, scale
                     ),
                     labels=labels,
+                    label_smoothing=smoothing,
                 )
         else:
             loss, i2t, t2i = contrastive_loss(
-                y_pred["logits_per_image"], y_pred["logits_per_text"]
+                y_pred["logits_per_image"], y_pred["logits_per_text"],
+                label_smoothing=smoothing,
             )
         if context.active and context.backend == "torch":
             # Report the global batch's accuracies on every rank.
@@ -533,6 +538,7 @@ class CLIPModel(keras.Model):
         exclude_from_weight_decay=True,
         loss_chunk_size=None,
         micro_batches=None,
+        label_smoothing=0.0,
         **kwargs,
     ):
         """Configures training; takes no `loss` (the model owns its loss).
@@ -559,6 +565,11 @@ class CLIPModel(keras.Model):
                 memory of one slice. (Keras's optimizer-level
                 `gradient_accumulation_steps` instead averages the gradients
                 of separate small batches: fewer negatives, a different loss.)
+            label_smoothing: float in [0, 1); both cross-entropies aim at
+                `1 - label_smoothing` on the positive plus
+                `label_smoothing` spread over the whole (global) batch's
+                columns. 0, the paper's loss, by default; the demo uses
+                0.2 (README, "Further tries").
             **kwargs: passed to `keras.Model.compile` (e.g. `jit_compile`,
                 `steps_per_execution`).
         """
@@ -580,6 +591,7 @@ class CLIPModel(keras.Model):
                     f"Expected `{name}` to be a positive int or None. "
                     f"Received: {value!r}"
                 )
+        self._label_smoothing = _check_label_smoothing(label_smoothing)
         self._loss_chunk_size = loss_chunk_size
         self._micro_batches = micro_batches
         super().compile(optimizer=optimizer, **kwargs)
@@ -626,6 +638,7 @@ class CLIPModel(keras.Model):
         config["exclude_from_weight_decay"] = self._exclude_from_weight_decay
         config["loss_chunk_size"] = getattr(self, "_loss_chunk_size", None)
         config["micro_batches"] = getattr(self, "_micro_batches", None)
+        config["label_smoothing"] = getattr(self, "_label_smoothing", 0.0)
         if "jit_compile" in config:
             config["jit_compile"] = self._requested_jit_compile
         return config

@@ -20,12 +20,13 @@ WORKER = os.path.join(os.path.dirname(__file__), "distributed_worker.py")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_worker(mode, out, global_batch=8, preset="tiny-vit", learning_rate=0.5, chunk=0):
+def run_worker(mode, out, global_batch=8, preset="tiny-vit", learning_rate=0.5, chunk=0,
+               label_smoothing=0.0):
     path = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
     env = dict(os.environ, KERAS_BACKEND=keras.backend.backend(), PYTHONPATH=path,
                KERAS_CLIP_TEST_PORT=str(29500 + os.getpid() % 400))
     proc = subprocess.run([sys.executable, WORKER, mode, str(out), str(global_batch), preset,
-                           str(learning_rate), str(chunk)],
+                           str(learning_rate), str(chunk), str(label_smoothing)],
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return np.load(out)
@@ -78,10 +79,14 @@ def test_resnet_batch_norm_statistics_span_the_global_batch(tmp_path):
     # a gentler step than the ViT test's: at SGD 0.05 this tiny ResNet's loss
     # already rises on step 3 and float rounding is amplified chaotically
     # (TF: 7e-7 after step 1, 4.5e-4 after step 3, with equal losses; at
-    # 0.005, 2.7e-7 after step 3).
-    want = run_worker("single", tmp_path / "single.npz", 16, "tiny-resnet", 0.005)
+    # 0.005, 2.7e-7 after step 3). With label smoothing 0.1 in both runs: a
+    # replica's smoothed target spreads over the global batch's 16 columns,
+    # not its own rows' (a replica-local spread gives a different loss).
+    want = run_worker("single", tmp_path / "single.npz", 16, "tiny-resnet", 0.005,
+                      label_smoothing=0.1)
     mode = {"tensorflow": "tf", "jax": "jax", "torch": "torch"}[keras.backend.backend()]
-    got = run_worker(mode, tmp_path / f"{mode}.npz", 16, "tiny-resnet", 0.005)
+    got = run_worker(mode, tmp_path / f"{mode}.npz", 16, "tiny-resnet", 0.005,
+                     label_smoothing=0.1)
     assert_same_training(got, want)
 
 

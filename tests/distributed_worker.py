@@ -1,6 +1,6 @@
 """Trains tiny CLIPs for the distribution tests, one way per invocation.
 
-    python tests/distributed_worker.py MODE OUT.npz [GLOBAL_BATCH [PRESET [SGD_LR [CHUNK]]]]
+    python tests/distributed_worker.py MODE OUT.npz [GLOBAL_BATCH [PRESET [SGD_LR [CHUNK [SMOOTHING]]]]]
 
 MODE: "single" (one device, the reference), "tf" (MirroredStrategy over 2
 logical CPUs), "jax" (DataParallel over 4 host devices), "torch" (2 gloo
@@ -8,7 +8,8 @@ processes), "jax_model_parallel" (2 x 2 mesh, weights sharded by
 `keras_clip.distributed.layout_map`), "chunked" (one device, loss in chunks of 3 rows), "micro" (one
 device, `micro_batches=2`), "remat" (one device, `CLIPConfig.remat`). The backend comes from
 $KERAS_BACKEND. CHUNK > 0 computes the loss in blocks of that many rows
-(`loss_chunk_size`) in the distributed modes. Each run trains 3 steps of one global batch per epoch and
+(`loss_chunk_size`) in the distributed modes; SMOOTHING is the `label_smoothing` of every mode.
+Each run trains 3 steps of one global batch per epoch and
 saves the per-step loss and accuracies and the weights after steps 1 and 3.
 """
 
@@ -20,6 +21,7 @@ GLOBAL = int(sys.argv[3]) if len(sys.argv) > 3 else 8
 PRESET = sys.argv[4] if len(sys.argv) > 4 else "tiny-vit"
 LEARNING_RATE = float(sys.argv[5]) if len(sys.argv) > 5 else 0.5
 CHUNK = int(sys.argv[6]) if len(sys.argv) > 6 and int(sys.argv[6]) > 0 else None
+SMOOTHING = float(sys.argv[7]) if len(sys.argv) > 7 else 0.0
 STEPS = 3
 
 if MODE in ("jax", "jax_model_parallel"):
@@ -55,6 +57,7 @@ def build(remat=False, **compile_kwargs):
     keras.utils.set_random_seed(0)
     if CHUNK and MODE != "single":
         compile_kwargs.setdefault("loss_chunk_size", CHUNK)
+    compile_kwargs.setdefault("label_smoothing", SMOOTHING)
     model = keras_clip.CLIPModel.from_preset(PRESET, remat=remat)
     model.compile(optimizer=keras.optimizers.SGD(LEARNING_RATE), **compile_kwargs)
     return model

@@ -27,6 +27,13 @@ def np_clip_loss(img, txt, log_scale, max_log_scale=math.log(100)):
     return logits, (i2t + t2i) / 2, acc_i, acc_t
 
 
+def np_smoothed_cross_entropy(logits, labels, eps):
+    # Cross-entropy against (1 - eps) one_hot + eps / M, written out.
+    m = logits.shape[1]
+    target = (1 - eps) * np.eye(m)[labels] + eps / m
+    return -(target * np_log_softmax(logits.astype("float64"))).sum(1).mean()
+
+
 def to_np(x):
     return keras.ops.convert_to_numpy(x)
 
@@ -131,8 +138,13 @@ def _value_and_grads(fn, *arrays):
     return float(to_np(value)), [to_np(g) for g in grads]
 
 
-@pytest.mark.parametrize("n,chunk", [(7, 3), (8, 8), (6, 1), (5, 16)])
-def test_chunked_loss_value_and_gradients_equal_plain(n, chunk):
+@pytest.mark.parametrize(
+    "n,chunk,eps", [(7, 3, 0.0), (8, 8, 0.0), (6, 1, 0.0), (5, 16, 0.0), (7, 3, 0.3), (6, 6, 0.3)]
+)
+def test_chunked_loss_value_and_gradients_equal_plain(n, chunk, eps):
+    # The hand-written gradient (softmax - target, smoothed with eps) against
+    # the backend's autodiff of the plain loss and, for the scale, against
+    # its closed form; the value against NumPy.
     from keras_clip.losses import chunked_contrastive_loss, l2_normalize
 
     rng = np.random.default_rng(4)
@@ -142,27 +154,37 @@ def test_chunked_loss_value_and_gradients_equal_plain(n, chunk):
 
     def plain(i, t, s):
         i, t = l2_normalize(i), l2_normalize(t)
-        return contrastive_loss(s * keras.ops.matmul(i, keras.ops.transpose(t)))[0]
+        logits = s * keras.ops.matmul(i, keras.ops.transpose(t))
+        return contrastive_loss(logits, label_smoothing=eps)[0]
 
     def chunked(i, t, s):
         i, t = l2_normalize(i), l2_normalize(t)
-        return chunked_contrastive_loss(i, t, s, chunk)[0]
+        return chunked_contrastive_loss(i, t, s, chunk, label_smoothing=eps)[0]
 
     want, want_grads = _value_and_grads(plain, img, txt, scale)
     got, got_grads = _value_and_grads(chunked, img, txt, scale)
     assert got == pytest.approx(want, rel=1e-5)
-    # The value against NumPy too (the reference above is the backend's own
-    # autodiff of the unchunked loss).
-    _, np_loss, _, _ = np_clip_loss(img, txt, math.log(9.0))
-    assert got == pytest.approx(np_loss, rel=1e-5)
     for g, w in zip(got_grads, want_grads):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6)
+    cos = (img / np.linalg.norm(img, axis=1, keepdims=True)) @ (
+        txt / np.linalg.norm(txt, axis=1, keepdims=True)).T
+    logits, labels = 9.0 * cos, np.arange(n)
+    np_loss = 0.5 * (np_smoothed_cross_entropy(logits, labels, eps)
+                     + np_smoothed_cross_entropy(logits.T, labels, eps))
+    assert got == pytest.approx(np_loss, rel=1e-5)
+    # d loss / d scale = sum((softmax - target) * cos) / (2n), both directions.
+    target = (1 - eps) * np.eye(n) + eps / n
+    d_scale = sum(((np.exp(np_log_softmax(z)) - target) * c).sum()
+                  for z, c in ((logits, cos), (logits.T, cos.T))) / (2 * n)
+    np.testing.assert_allclose(got_grads[2], d_scale, rtol=1e-4, atol=1e-6)
 
 
-def test_chunked_loss_shard_rows_against_gathered_columns():
+@pytest.mark.parametrize("eps", [0.0, 0.25])
+def test_chunked_loss_shard_rows_against_gathered_columns(eps):
     # One replica's 4 rows against 8 gathered columns with offset labels:
     # value, both accuracies and the gradients of rows, columns and scale
-    # equal the sharded plain loss.
+    # equal the sharded plain loss (with and without label smoothing, whose
+    # uniform part spreads over the 8 gathered columns).
     from keras_clip.losses import chunked_contrastive_loss, l2_normalize
 
     rng = np.random.default_rng(5)
@@ -179,11 +201,11 @@ def test_chunked_loss_shard_rows_against_gathered_columns():
         ri, rt, ci, ct = inputs(i, t)
         per_image = s * keras.ops.matmul(ri, keras.ops.transpose(ct))
         per_text = s * keras.ops.matmul(rt, keras.ops.transpose(ci))
-        return contrastive_loss(per_image, per_text, labels)[0]
+        return contrastive_loss(per_image, per_text, labels, label_smoothing=eps)[0]
 
     def chunked(i, t, s):
         ri, rt, ci, ct = inputs(i, t)
-        return chunked_contrastive_loss(ri, rt, s, 3, labels, ci, ct)[0]
+        return chunked_contrastive_loss(ri, rt, s, 3, labels, ci, ct, label_smoothing=eps)[0]
 
     want, want_grads = _value_and_grads(plain, img, txt, scale)
     got, got_grads = _value_and_grads(chunked, img, txt, scale)
@@ -196,3 +218,47 @@ def test_chunked_loss_shard_rows_against_gathered_columns():
     per_text = to_np(scale * keras.ops.matmul(rt, keras.ops.transpose(ci)))
     assert float(to_np(acc_i)) == pytest.approx((per_image.argmax(1) == labels).mean())
     assert float(to_np(acc_t)) == pytest.approx((per_text.argmax(1) == labels).mean())
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1, 0.5])
+def test_label_smoothing_matches_numpy_and_keras(eps):
+    rng = np.random.default_rng(6)
+    img = rng.standard_normal((7, 6)).astype("float32")
+    txt = (img + rng.standard_normal((7, 6))).astype("float32")
+    logits = to_np(clip_logits(img, txt, math.log(1 / 0.07), math.log(100)))
+    loss, acc_i, acc_t = contrastive_loss(logits, label_smoothing=eps)
+    labels = np.arange(7)
+    want = 0.5 * (np_smoothed_cross_entropy(logits, labels, eps)
+                  + np_smoothed_cross_entropy(logits.T, labels, eps))
+    assert float(to_np(loss)) == pytest.approx(want, rel=1e-5)
+    # Keras's own smoothed categorical cross-entropy is the same target.
+    cce = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=eps)
+    one_hot = np.eye(7, dtype="float32")
+    keras_loss = 0.5 * (float(to_np(cce(one_hot, logits))) + float(to_np(cce(one_hot, logits.T))))
+    assert float(to_np(loss)) == pytest.approx(keras_loss, rel=1e-5)
+    # Smoothing changes the loss, not the accuracies.
+    assert float(to_np(acc_i)) == pytest.approx((logits.argmax(1) == labels).mean())
+    assert float(to_np(acc_t)) == pytest.approx((logits.T.argmax(1) == labels).mean())
+
+
+def test_label_smoothing_on_shard_rows_spreads_over_all_columns():
+    # 3 rows against 8 columns with offset labels: eps / 8 on every column.
+    rng = np.random.default_rng(7)
+    per_image = rng.standard_normal((3, 8)).astype("float32") * 4
+    per_text = rng.standard_normal((3, 8)).astype("float32") * 4
+    labels = np.array([5, 6, 7])
+    loss = contrastive_loss(per_image, per_text, labels, label_smoothing=0.2)[0]
+    want = 0.5 * (np_smoothed_cross_entropy(per_image, labels, 0.2)
+                  + np_smoothed_cross_entropy(per_text, labels, 0.2))
+    assert float(to_np(loss)) == pytest.approx(want, rel=1e-5)
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0, 1.5, "0.1", True, None])
+def test_label_smoothing_out_of_range_is_a_clear_error(bad):
+    from keras_clip.losses import chunked_contrastive_loss
+
+    logits = np.eye(3, dtype="float32")
+    with pytest.raises(ValueError, match=r"label_smoothing.*\[0, 1\).*Received"):
+        contrastive_loss(logits, label_smoothing=bad)
+    with pytest.raises(ValueError, match=r"label_smoothing.*\[0, 1\).*Received"):
+        chunked_contrastive_loss(logits, logits, 1.0, 2, label_smoothing=bad)

@@ -316,3 +316,37 @@ def test_mixed_float16_scales_the_loss_and_trains():
     logs = model.fit(dataset(images, ids, 16), steps_per_epoch=8, epochs=3, verbose=0).history
     assert np.isfinite(logs["loss"]).all()
     assert logs["loss"][-1] < logs["loss"][0]
+
+
+def test_label_smoothing_is_the_smoothed_loss_and_is_saved(tmp_path):
+    from tests.losses_test import np_smoothed_cross_entropy
+
+    keras.utils.set_random_seed(2)
+    model = keras_clip.CLIPModel.from_preset("tiny-vit")
+    images, ids = synthetic_pairs(model.config, 8)
+    model.compile(optimizer=keras.optimizers.SGD(0.01), label_smoothing=0.2)
+    logits = to_np(model({"images": images, "token_ids": ids})["logits_per_image"])
+    labels = np.arange(8)
+    want = 0.5 * (np_smoothed_cross_entropy(logits, labels, 0.2)
+                  + np_smoothed_cross_entropy(logits.T, labels, 0.2))
+    plain = 0.5 * (np_smoothed_cross_entropy(logits, labels, 0.0)
+                   + np_smoothed_cross_entropy(logits.T, labels, 0.0))
+    assert abs(want - plain) > 2e-3  # the comparisons below (rel 1e-4) can fail
+    x = {"images": images, "token_ids": ids}
+    got = model.evaluate(x, batch_size=8, verbose=0, return_dict=True)["loss"]
+    assert got == pytest.approx(want, rel=1e-4)
+    # The first training step's loss (before its update) too.
+    logs = model.train_on_batch(x, return_dict=True)
+    assert logs["loss"] == pytest.approx(want, rel=1e-4)
+    # Saved with the compile config: the loaded model keeps smoothing.
+    path = str(tmp_path / "smoothed.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert loaded.get_compile_config()["label_smoothing"] == 0.2
+    logits = to_np(loaded(x)["logits_per_image"])
+    want = 0.5 * (np_smoothed_cross_entropy(logits, labels, 0.2)
+                  + np_smoothed_cross_entropy(logits.T, labels, 0.2))
+    got = loaded.evaluate(x, batch_size=8, verbose=0, return_dict=True)["loss"]
+    assert got == pytest.approx(want, rel=1e-4)
+    with pytest.raises(ValueError, match=r"label_smoothing.*\[0, 1\).*Received: 1\.2"):
+        model.compile(optimizer="sgd", label_smoothing=1.2)

@@ -35,7 +35,9 @@ def build_model():
     model.compile(
         optimizer=keras_clip.make_optimizer(
             model, total_steps=EPOCHS * STEPS_PER_EPOCH, learning_rate=1e-3, warmup_steps=2
-        )
+        ),
+        # Not the default: the resumed half must restore it from the checkpoint.
+        label_smoothing=0.3,
     )
     return model
 
