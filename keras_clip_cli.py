@@ -84,6 +84,7 @@ def train(args):
         train_num_samples=args.train_num_samples,
         crop_scale=args.crop_scale,
         rotation=args.rotation,
+        downscale=args.downscale,
         csv_img_key=args.csv_img_key,
         csv_caption_key=args.csv_caption_key,
         csv_separator=args.csv_separator,
@@ -172,6 +173,7 @@ def build_parser():
     p.add_argument("--precision", default="float32", choices=["float32", "mixed_bfloat16", "mixed_float16"], help="Keras dtype policy; the loss and temperature stay float32 (default: float32).")
     p.add_argument("--crop-scale", type=_floats, default=(0.9, 1.0), help="Random-resized-crop area range, as 'low,high' (default: 0.9,1.0).")
     p.add_argument("--rotation", type=float, default=0.0, help="Largest random rotation in degrees (default: 0).")
+    p.add_argument("--downscale", type=float, default=0.0, help="Probability of a random drop in resolution (each side to 0.25-1 of its pixels, then back), which blurs away fine detail (default: 0).")
     p.add_argument("--val-data", default=None, help="A CSV of validation pairs: image-text retrieval every --val-every epochs.")
     p.add_argument("--val-every", type=int, default=1, help="Evaluate every N epochs (default: 1).")
     p.add_argument("--seed", type=int, default=0, help="Seed of initialisation, shuffling and augmentation (default: 0).")

@@ -146,6 +146,7 @@ def run_train(
     train_num_samples=None,
     crop_scale=(0.9, 1.0),
     rotation=0.0,
+    downscale=0.0,
     csv_img_key="filepath",
     csv_caption_key="title",
     csv_separator=None,
@@ -225,7 +226,7 @@ def run_train(
             kind, paths, model.tokenizer, batch_size, csv_img_key=csv_img_key,
             csv_caption_key=csv_caption_key, csv_separator=csv_separator, twemoji=twemoji,
             image_size=model.config.image_size, training=True, crop_scale=crop_scale,
-            rotation=rotation, seed=seed + 1000 * epoch,
+            rotation=rotation, downscale=downscale, seed=seed + 1000 * epoch,
         )
         holder["train"] = ds
         return ds

@@ -6,7 +6,8 @@ and leave as `float32` tensors of shape `(size, size, 3)`.
 
 - Training: a random-resized square crop (CLIP, Radford et al. 2021, trains
   on random square crops of resized images; open_clip uses a random-resized
-  crop with scale `(0.9, 1.0)`), then an optional small rotation.
+  crop with scale `(0.9, 1.0)`), then an optional small rotation, an
+  optional random drop in resolution and optional colour distortion.
 - Evaluation: bicubic resize of the shorter side to `size`, then a center
   crop, as OpenAI's and open_clip's preprocessing do.
 - Both end with OpenAI's per-channel mean / std normalisation.
@@ -234,6 +235,47 @@ def random_rotate(image, max_degrees, seed=None, fill_value=255.0):
     return tf.ensure_shape(rotated, image.shape)
 
 
+def random_downscale(image, probability, scale=(0.25, 1.0), seed=None):
+    """With `probability`, drops the image's resolution and scales it back.
+
+    Each side shrinks to `round(u * side)` pixels for one `u` drawn uniformly
+    from `scale` (at least 1 pixel), with an antialiased bilinear resize (a
+    triangle filter widened when shrinking, as PIL's BILINEAR), then grows
+    back to its size bilinearly: the drawing keeps its layout and colours
+    and loses fine detail, so a model leans less on one artist's strokes.
+
+    Args:
+        image: float tensor `(H, W, C)`, values in `[0, 255]`.
+        probability: float in `[0, 1]`; 0 leaves every image alone.
+        scale: pair `(min, max)` with `0 < min <= max <= 1`, range of `u`.
+        seed: optional integer tensor of shape `(2,)`.
+
+    Returns:
+        A float32 tensor `(H, W, C)` in `[0, 255]`.
+    """
+    if not 0.0 <= float(probability) <= 1.0:
+        raise ValueError(
+            f"Expected `probability` in [0, 1]. Received: probability={probability!r}"
+        )
+    low, high = _check_range("scale", scale, low=0.0)
+    if high > 1.0:
+        raise ValueError(
+            f"Expected `scale` within (0, 1]. Received: scale={(low, high)}"
+        )
+    seeds = tf.random.experimental.stateless_split(_seed_or_random(seed), num=2)
+    image = tf.cast(image, tf.float32)
+    shape = tf.shape(image)
+    u = tf.random.stateless_uniform([], seeds[0], minval=low, maxval=high)
+    small = tf.maximum(tf.cast(tf.round(u * tf.cast(shape[:2], tf.float32)), tf.int32), 1)
+
+    def downscaled():
+        x = tf.image.resize(image, small, method="bilinear", antialias=True)
+        return tf.clip_by_value(tf.image.resize(x, shape[:2], method="bilinear"), 0.0, 255.0)
+
+    apply = tf.random.stateless_uniform([], seeds[1]) < probability
+    return tf.cond(apply, downscaled, lambda: image)
+
+
 def color_jitter(image, strength, grayscale=0.0, seed=None):
     """Random brightness, contrast, saturation and hue, then maybe grayscale.
 
@@ -280,9 +322,12 @@ def train_transform(
     fill_value=255.0,
     jitter=0.0,
     grayscale=0.0,
+    downscale=0.0,
+    downscale_range=(0.25, 1.0),
 ):
-    """Training transform: random-resized crop, optional rotation and colour
-    distortion (`color_jitter`), normalise.
+    """Training transform: random-resized crop, optional rotation, drop in
+    resolution (`random_downscale`) and colour distortion (`color_jitter`),
+    normalise.
 
     Args:
         image: tensor `(H, W, 3)`, values in `[0, 255]`.
@@ -295,6 +340,8 @@ def train_transform(
         fill_value: float, fill of the rotated-in corners in `[0, 255]`.
         jitter: float in `[0, 1]`, colour distortion strength (0: none).
         grayscale: float in `[0, 1]`, probability of dropping colour.
+        downscale: float in `[0, 1]`, probability of `random_downscale`.
+        downscale_range: pair, the range of its side fraction.
 
     Returns:
         A normalised `float32` tensor `(size, size, 3)`.
@@ -310,6 +357,12 @@ def train_transform(
     out = random_resized_crop(image, size, scale, ratio, seeds[0])
     if rotation:
         out = random_rotate(out, rotation, seeds[1], fill_value)
+    if downscale:
+        # Its own stream, so the crop, rotation and colours of a seed stay
+        # what they were without it.
+        out = random_downscale(
+            out, downscale, downscale_range, tf.random.experimental.stateless_fold_in(seed, 3)
+        )
     if jitter or grayscale:
         out = color_jitter(out, jitter, grayscale, seeds[2])
     out = tf.ensure_shape(out, [size, size, 3])

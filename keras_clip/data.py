@@ -12,7 +12,7 @@ Four sources, one output: batches `{"images": float32 (B, H, W, 3),
 Every source accepts the pipeline options of
 `keras_clip.data_pipeline.build_pipeline` as keyword arguments: `image_size`,
 `training`, `crop_scale`, `crop_ratio`, `rotation`, `color_jitter`,
-`grayscale`, `seed`, `deterministic`,
+`grayscale`, `downscale`, `seed`, `deterministic`,
 `drop_remainder`, `keep_captions`, `counter`. Shuffling (training only) and
 sharding (`num_shards`, `shard_index`: e.g. `jax.process_count()` /
 `jax.process_index()`, or a `tf.distribute.InputContext`'s

@@ -201,6 +201,7 @@ def build_pipeline(
     rotation=0.0,
     color_jitter=0.0,
     grayscale=0.0,
+    downscale=0.0,
     seed=None,
     deterministic=None,
     drop_remainder=None,
@@ -232,6 +233,8 @@ def build_pipeline(
         color_jitter: float in `[0, 1]`, training colour distortion strength
             (`augment.color_jitter`; 0: none).
         grayscale: float in `[0, 1]`, training probability of dropping colour.
+        downscale: float in `[0, 1]`, training probability of a random drop
+            in resolution (`augment.random_downscale`, to 0.25-1 of the side).
         seed: optional int; makes augmentation (and shuffling, in sources)
             reproducible.
         deterministic: bool, whether sources may interleave files out of
@@ -308,7 +311,7 @@ def build_pipeline(
             if training:
                 return augment.train_transform(
                     pixels, size, crop_scale, crop_ratio, rotation, sample_seed,
-                    jitter=color_jitter, grayscale=grayscale,
+                    jitter=color_jitter, grayscale=grayscale, downscale=downscale,
                 )
             return augment.eval_transform(pixels, size)
 

@@ -111,6 +111,7 @@ def run(
     rotation=10.0,
     color_jitter=0.0,
     grayscale=0.0,
+    downscale=0.0,
     model_overrides=None,
     monitor_every=4,
     jit_compile="auto",
@@ -150,6 +151,7 @@ def run(
         rotation=rotation,
         color_jitter=color_jitter,
         grayscale=grayscale,
+        downscale=downscale,
         seed=seed,
     )
     print(

@@ -165,3 +165,42 @@ def test_color_jitter_against_numpy():
     for kwargs in ({"strength": 1.5}, {"strength": 0.1, "grayscale": -0.1}):
         with pytest.raises(ValueError, match=r"Expected `(strength|grayscale)` in \[0, 1\]"):
             augment.color_jitter(image, **{"grayscale": 0.0, **kwargs})
+
+
+def test_random_downscale_is_pil_bilinear_down_then_up():
+    image = smooth_image(4, 32, 32).astype(np.float32)
+    # scale (0.5, 0.5): every drop goes to 16 x 16 and back.
+    ours = augment.random_downscale(image, 1.0, (0.5, 0.5), seed=[1, 2]).numpy()
+    small = Image.fromarray(image.astype(np.uint8)).resize((16, 16), Image.BILINEAR)
+    ref = np.asarray(small.resize((32, 32), Image.BILINEAR), np.float32)
+    assert np.abs(ours - ref).mean() < 0.6 and np.abs(ours - ref).max() <= 3.0
+    # A one-pixel checkerboard shrunk to a quarter is its mean grey.
+    board = np.zeros((32, 32, 3), np.float32)
+    board[::2, ::2] = board[1::2, 1::2] = 255.0
+    grey = augment.random_downscale(board, 1.0, (0.25, 0.25), seed=[1, 2]).numpy()
+    np.testing.assert_allclose(grey, 127.5, atol=1.0)
+    # Probability 0 leaves it alone; probability 0.5 drops some seeds only.
+    np.testing.assert_array_equal(augment.random_downscale(board, 0.0, seed=[1, 2]).numpy(), board)
+    changed = [not np.array_equal(augment.random_downscale(board, 0.5, seed=[i, 0]).numpy(), board)
+               for i in range(40)]
+    assert 8 < sum(changed) < 32
+    for kwargs, match in (({"probability": 1.5}, "probability"), ({"scale": (0.0, 0.5)}, "scale"),
+                          ({"scale": (0.5, 1.5)}, r"scale.*\(0, 1\]")):
+        with pytest.raises(ValueError, match=match):
+            augment.random_downscale(board, **{"probability": 1.0, **kwargs})
+
+
+def test_train_transform_downscale_keeps_the_crop_and_blurs():
+    image = smooth_image(5, 72, 72)
+    sharp = augment.train_transform(image, 32, rotation=10.0, seed=[7, 8]).numpy()
+    again = augment.train_transform(image, 32, rotation=10.0, seed=[7, 8], downscale=1.0,
+                                    downscale_range=(1.0, 1.0)).numpy()
+    # At full size the drop is the identity: same crop and rotation per seed.
+    np.testing.assert_allclose(again, sharp, atol=1e-4)
+    blurred = augment.train_transform(image, 32, rotation=10.0, seed=[7, 8], downscale=1.0,
+                                      downscale_range=(0.25, 0.25)).numpy()
+    want = augment.normalize(augment.random_downscale(
+        augment.denormalize(sharp), 1.0, (0.25, 0.25), seed=[0, 0])).numpy()
+    np.testing.assert_allclose(blurred, want, atol=1e-3)
+    # Less high-frequency energy than the sharp crop.
+    assert np.abs(np.diff(blurred, axis=1)).mean() < 0.6 * np.abs(np.diff(sharp, axis=1)).mean()

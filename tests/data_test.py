@@ -228,6 +228,26 @@ def test_seeded_pipelines_are_deterministic():
     assert not np.allclose(a[0], c[0])
 
 
+def test_downscale_option_reaches_the_training_transform():
+    # One-pixel checkerboards: every drop in resolution greys them out.
+    board = np.zeros((SIZE, SIZE, 3), np.uint8)
+    board[::2, ::2] = board[1::2, 1::2] = 255
+    images = np.stack([board] * 8)
+    captions = [f"board {i}" for i in range(8)]
+
+    def contrast(downscale):
+        ds = data.from_arrays(images, captions, hash_tokenizer, 8, image_size=SIZE, training=True,
+                              crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), seed=3,
+                              downscale=downscale)
+        batch = next(iter(ds))["images"].numpy()
+        return np.abs(np.diff(batch, axis=2)).mean(axis=(1, 2, 3))
+
+    sharp, dropped = contrast(0.0), contrast(1.0)
+    # A side fraction drawn above 31/32 rounds back to 16 pixels (no drop):
+    # most of the 8, not all, must be greyed.
+    assert (dropped < 0.5 * sharp).sum() >= 6, (sharp, dropped)
+
+
 @pytest.mark.parametrize("source", ["arrays", "webdataset"])
 def test_sharding_partitions_the_data(tmp_path, source):
     n, num_shards = 10, 3
