@@ -38,16 +38,21 @@ def l2_normalize(x, epsilon=1e-12):
     return x / norm
 
 
-def _cross_entropy(logits, labels, label_smoothing=0.0):
-    # Mean over rows of -log softmax(logits) against a target that puts
-    # 1 - eps on the label and eps spread evenly over all M columns:
-    # (1 - eps) * NLL(label) + eps * mean_j(-log p_j).
-    log_probs = ops.log_softmax(logits, axis=-1)
+def _target_log_likelihood(log_probs, labels, label_smoothing):
+    # Per row, sum_j target_j * log p_j for a target that puts 1 - eps on
+    # the label and eps spread evenly over all M columns:
+    # (1 - eps) * log p_label + eps * mean_j(log p_j).
     picked = ops.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
     if not label_smoothing:
-        return -ops.mean(picked)
+        return picked
     uniform = ops.mean(log_probs, axis=-1)
-    return -ops.mean((1.0 - label_smoothing) * picked + label_smoothing * uniform)
+    return (1.0 - label_smoothing) * picked + label_smoothing * uniform
+
+
+def _cross_entropy(logits, labels, label_smoothing=0.0):
+    # Mean over rows of the cross-entropy against the (smoothed) target.
+    log_probs = ops.log_softmax(logits, axis=-1)
+    return -ops.mean(_target_log_likelihood(log_probs, labels, label_smoothing))
 
 
 def _check_label_smoothing(label_smoothing):
@@ -202,9 +207,7 @@ def _blocks_forward(rows, columns, scale, labels, chunk, smoothing):
         r, y, w = _block(rows, labels, weights, i, chunk)
         logits = scale * ops.matmul(r, ops.transpose(columns))
         log_probs = ops.log_softmax(logits, axis=-1)
-        picked = ops.take_along_axis(log_probs, y[:, None], axis=-1)[:, 0]
-        if smoothing:
-            picked = (1.0 - smoothing) * picked + smoothing * ops.mean(log_probs, axis=-1)
+        picked = _target_log_likelihood(log_probs, y, smoothing)
         hit = ops.cast(ops.equal(ops.argmax(logits, axis=-1), y), "float32")
         return nll - ops.sum(w * picked), hits + ops.sum(w * hit)
 
