@@ -117,6 +117,17 @@ def run(
     jit_compile="auto",
 ):
     """Trains, evaluates, saves; returns the metrics dict."""
+    # Every setting of the run, saved beside its numbers in metrics.json.
+    recipe = {
+        "preset": preset, "image_size": image_size, "epochs": epochs,
+        "minutes": minutes, "batch_size": batch_size, "seed": seed,
+        "vocabulary_size": vocabulary_size, "learning_rate": learning_rate,
+        "weight_decay": weight_decay, "warmup_steps": warmup_steps,
+        "label_smoothing": label_smoothing, "crop_scale": list(crop_scale),
+        "rotation": rotation, "color_jitter": color_jitter,
+        "grayscale": grayscale, "downscale": downscale,
+        "model_overrides": dict(model_overrides or {}),
+    }
     keras.utils.set_random_seed(seed)
     train = emoji.load_twemoji(image_size=image_size, split="train", seed=seed)
     heldout = emoji.load_twemoji(image_size=image_size, split="heldout", seed=seed)
@@ -184,6 +195,7 @@ def run(
         "preset": preset,
         "image_size": image_size,
         "label_smoothing": label_smoothing,
+        "recipe": recipe,
         "train_seconds": seconds,
         "train_pairs": len(train),
         "epochs": len(history.history["loss"]),

@@ -1,6 +1,7 @@
 """The main job end to end, at toy scale: Twemoji in, zero-shot numbers and
 a loadable clip.keras out."""
 
+import inspect
 import json
 import os
 
@@ -21,6 +22,8 @@ def test_demo_trains_evaluates_and_saves(tmp_path):
         image_size=32,
         vocabulary_size=700,
         preset="tiny-resnet",
+        downscale=0.25,
+        color_jitter=0.0,
     )
     held = metrics["heldout"]
     assert held["classes"] > 300 and held["chance_top1"] == 1.0 / held["classes"]
@@ -28,7 +31,15 @@ def test_demo_trains_evaluates_and_saves(tmp_path):
     if metrics["noto"] is not None:
         assert metrics["noto"]["classes"] > 3000
     with open(tmp_path / "metrics.json") as f:
-        assert json.load(f)["heldout"]["classes"] == held["classes"]
+        saved = json.load(f)
+    assert saved["heldout"]["classes"] == held["classes"]
+    # The run's settings are saved with its numbers, the ones passed and
+    # the defaults alike.
+    recipe = saved["recipe"]
+    assert (recipe["downscale"], recipe["color_jitter"], recipe["vocabulary_size"]) == (0.25, 0.0, 700)
+    defaults = inspect.signature(demo.run).parameters
+    assert recipe["label_smoothing"] == defaults["label_smoothing"].default
+    assert recipe["crop_scale"] == list(defaults["crop_scale"].default)
     for name in ("training_curves", "similarity", "heldout_predictions"):
         with Image.open(metrics["outputs"][name]) as png:
             assert png.format == "PNG" and min(png.size) > 100, name
