@@ -172,7 +172,11 @@ def run(
     )
     start = time.time()
     history = model.fit(
-        ds,
+        # Repeated with a known epoch length: the pipeline's filter for bad
+        # samples hides its length, and Keras would warn after epoch 1.
+        ds.repeat(),
+        steps_per_epoch=steps,
+        shuffle=False,  # the pipeline shuffles; Keras's flag would only warn
         epochs=epochs,
         verbose=2,
         callbacks=[

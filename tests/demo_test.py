@@ -7,12 +7,15 @@ import os
 
 import keras
 import numpy as np
+import pytest
 from PIL import Image
 
 import keras_clip
 from keras_clip import demo, zero_shot
 
 
+# `make demo` prints what it did, not Keras's warnings about how it was fed.
+@pytest.mark.filterwarnings("error::UserWarning")
 def test_demo_trains_evaluates_and_saves(tmp_path):
     metrics = demo.run(
         output_dir=str(tmp_path),
