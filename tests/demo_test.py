@@ -14,6 +14,23 @@ import keras_clip
 from keras_clip import demo, zero_shot
 
 
+def test_concept_top1_counts_a_right_concept_in_any_skin_tone(monkeypatch):
+    # Four captions, two concepts: {0, 1} (skin-tone variants) and {2, 3}.
+    concept_ids = np.array([7, 7, 9, 9])
+    probs = np.array([
+        [0.1, 0.7, 0.1, 0.1],  # wrong tone, right concept
+        [0.1, 0.7, 0.1, 0.1],  # exactly right
+        [0.6, 0.1, 0.2, 0.1],  # wrong concept
+        [0.1, 0.1, 0.5, 0.3],  # wrong variant, right concept
+    ])
+    monkeypatch.setattr(zero_shot, "classify", lambda *args, **kwargs: probs)
+    scores = demo.zero_shot_scores(None, None, ["a", "b", "c", "d"], concept_ids)
+    guess = probs.argmax(axis=1)
+    assert scores["top1"] == np.mean(guess == np.arange(4)) == 0.25
+    assert scores["concept_top1"] == np.mean(concept_ids[guess] == concept_ids) == 0.75
+    assert "concept_top1" not in demo.zero_shot_scores(None, None, ["a", "b", "c", "d"])
+
+
 # `make demo` prints what it did, not Keras's warnings about how it was fed.
 @pytest.mark.filterwarnings("error::UserWarning")
 def test_demo_trains_evaluates_and_saves(tmp_path):
@@ -31,6 +48,7 @@ def test_demo_trains_evaluates_and_saves(tmp_path):
     held = metrics["heldout"]
     assert held["classes"] > 300 and held["chance_top1"] == 1.0 / held["classes"]
     assert 0.0 <= held["top1"] <= held["top5"] <= 1.0
+    assert held["top1"] <= held["concept_top1"] <= 1.0
     if metrics["noto"] is not None:
         assert metrics["noto"]["classes"] > 3000
     with open(tmp_path / "metrics.json") as f:
