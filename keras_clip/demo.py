@@ -118,7 +118,7 @@ def run(
     warmup_steps=50,
     crop_scale=(0.8, 1.0),
     rotation=10.0,
-    color_jitter=0.15,
+    color_jitter=0.0,
     grayscale=0.0,
     downscale=0.5,
     model_overrides=None,
