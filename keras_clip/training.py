@@ -226,6 +226,7 @@ def train(
                 initial_epoch=epoch,
                 epochs=epoch + 1,
                 callbacks=all_callbacks,
+                shuffle=False,  # the pipeline shuffles; Keras's flag would only warn
                 verbose=verbose,
             )
             epoch += 1
@@ -236,6 +237,7 @@ def train(
                 initial_epoch=epoch,
                 epochs=epochs,
                 callbacks=all_callbacks,
+                shuffle=False,  # the pipeline shuffles; Keras's flag would only warn
                 verbose=verbose,
             )
     if checkpointer.interrupted_at is not None:
