@@ -11,7 +11,11 @@ from keras_clip.model import CLIPModel
 from keras_clip.optimizers import WarmupCosineDecay, make_optimizer
 from keras_clip.tokenizer import CLIPTokenizer
 from keras_clip.zero_shot import ZeroShotClassifier
-from keras_clip.callbacks import RetrievalEvaluation, ZeroShotEvaluation
+from keras_clip.callbacks import (
+    RetrievalEvaluation,
+    TimeBudgetCosineDecay,
+    ZeroShotEvaluation,
+)
 
 __version__ = "0.1.0"
 
@@ -20,6 +24,7 @@ __all__ = [
     "CLIPModel",
     "CLIPTokenizer",
     "RetrievalEvaluation",
+    "TimeBudgetCosineDecay",
     "WarmupCosineDecay",
     "ZeroShotClassifier",
     "ZeroShotEvaluation",

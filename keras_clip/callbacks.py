@@ -1,11 +1,17 @@
-"""Keras callbacks that run zero-shot and retrieval evaluation during `fit`.
+"""Keras callbacks for `fit`: evaluation, and training to a time budget.
 
-The numbers are written into the epoch's `logs`, so they appear in the
-progress bar, in `History.history` and in any later callback (CSVLogger,
-TensorBoard, EarlyStopping on `"zeroshot_top1"`, ...). Epochs that skip the
-evaluation (`every_n_epochs > 1`) have no such keys, so those History lists
-are shorter than the loss list.
+`ZeroShotEvaluation` and `RetrievalEvaluation` write their numbers into the
+epoch's `logs`, so they appear in the progress bar, in `History.history` and
+in any later callback (CSVLogger, TensorBoard, EarlyStopping on
+`"zeroshot_top1"`, ...). Epochs that skip the evaluation (`every_n_epochs >
+1`) have no such keys, so those History lists are shorter than the loss list.
+
+`TimeBudgetCosineDecay` runs the warm-up + cosine schedule over wall-clock
+time instead of steps, and stops `fit` when the time is spent.
 """
+
+import math
+import time
 
 import keras
 import numpy as np
@@ -153,3 +159,103 @@ class RetrievalEvaluation(_EvaluationCallback):
         return {
             k: v for k, v in metrics.items() if not k.endswith("_mean_rank")
         }
+
+
+class TimeBudgetCosineDecay(keras.callbacks.Callback):
+    """Warm-up, then a cosine decay over a wall-clock budget; then stop.
+
+    `WarmupCosineDecay` needs the number of steps in advance; under a time
+    budget that number depends on the machine, and a run cut short by the
+    clock stops with its learning rate still high. This callback sets the
+    optimiser's learning rate before every step instead: linear warm-up
+    over the first `warmup_steps` steps (`learning_rate * (step + 1) /
+    warmup_steps`, as `WarmupCosineDecay` does), then half a cosine from
+    `learning_rate` to `end_learning_rate` over the time left, by the
+    fraction of the budget spent when the step starts. `fit` stops after the
+    first step that ends past the budget, so the schedule has reached its
+    end whatever the machine's speed. Compilation and the work of other
+    callbacks (evaluations) count against the budget, as they count against
+    the user's wait. Runs are not reproducible step for step: the rate of
+    a step depends on when it starts.
+
+    The optimiser must have a plain (float) learning rate, not a schedule.
+    On JAX, setting it syncs the trainer's state into the variables before
+    every step (Keras does so whenever a callback reads `self.model`),
+    which a small model does not notice.
+
+    Args:
+        seconds: the budget, from the start of `fit`.
+        learning_rate: the peak rate.
+        warmup_steps: steps of linear warm-up.
+        end_learning_rate: the rate at the end of the budget.
+        clock: a no-argument callable returning seconds; `time.monotonic`
+            by default (tests pass a fake one).
+
+    The rate of the last epoch's last step is logged as `learning_rate`.
+
+    Example:
+
+    ```python
+    model.compile(optimizer=keras_clip.optimizers.AdamW(learning_rate=2e-3))
+    model.fit(ds.repeat(), steps_per_epoch=steps, epochs=10_000,
+              callbacks=[TimeBudgetCosineDecay(600, 2e-3, warmup_steps=50)])
+    ```
+    """
+
+    def __init__(self, seconds, learning_rate, warmup_steps=0,
+                 end_learning_rate=0.0, clock=None):
+        super().__init__()
+        if not seconds > 0 or not learning_rate > 0 or warmup_steps < 0:
+            raise ValueError(
+                "Expected seconds > 0, learning_rate > 0 and warmup_steps "
+                f">= 0. Received: seconds={seconds}, learning_rate="
+                f"{learning_rate}, warmup_steps={warmup_steps}"
+            )
+        self.seconds = float(seconds)
+        self.learning_rate = float(learning_rate)
+        self.warmup_steps = int(warmup_steps)
+        self.end_learning_rate = float(end_learning_rate)
+        self.clock = clock or time.monotonic
+        self.step = 0
+        self.current = None
+
+    def rate(self, step, elapsed, warmup_end):
+        """The rate of `step`, started `elapsed` s into the budget; the
+        warm-up ended `warmup_end` s in (`None` while it runs)."""
+        peak, end = self.learning_rate, self.end_learning_rate
+        if step < self.warmup_steps:
+            return peak * (step + 1) / self.warmup_steps
+        left = max(self.seconds - warmup_end, 1e-9)
+        progress = min(max((elapsed - warmup_end) / left, 0.0), 1.0)
+        return end + 0.5 * (peak - end) * (1.0 + math.cos(math.pi * progress))
+
+    def on_train_begin(self, logs=None):
+        optimizer = self.model.optimizer
+        if isinstance(getattr(optimizer, "_learning_rate", None),
+                      keras.optimizers.schedules.LearningRateSchedule):
+            raise ValueError(
+                "TimeBudgetCosineDecay sets the learning rate itself. "
+                "Expected an optimizer with a float `learning_rate`. "
+                f"Received: {type(optimizer._learning_rate).__name__}"
+            )
+        self.start = self.clock()
+        self.step = 0
+        self.warmup_end = None
+
+    def on_train_batch_begin(self, batch, logs=None):
+        elapsed = self.clock() - self.start
+        if self.step == self.warmup_steps:
+            self.warmup_end = elapsed
+        self.current = self.rate(self.step, elapsed, self.warmup_end)
+        # On JAX, `self.model` first syncs the trainer's state into the
+        # variables, so the step that follows rereads the new rate.
+        self.model.optimizer.learning_rate = self.current
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.step += 1
+        if self.clock() - self.start >= self.seconds:
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None and self.current is not None:
+            logs["learning_rate"] = self.current

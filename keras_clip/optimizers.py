@@ -190,6 +190,10 @@ def make_optimizer(
     Args:
         model: a `CLIPModel` (its `config.vision` picks beta2 / epsilon).
         total_steps: optimiser steps of the run (epochs x steps per epoch).
+            `None`: no schedule; the rate is a plain value starting at
+            `learning_rate`, for a callback to set during `fit`
+            (`keras_clip.TimeBudgetCosineDecay`, which then owns warm-up
+            and decay; `warmup_steps` and `end_learning_rate` are unused).
         learning_rate: peak rate; 5e-4 for B/32, B/16 and RN50 in the paper.
         warmup_steps: linear warm-up steps (2,000 in the paper); clipped to
             `total_steps`.
@@ -210,12 +214,15 @@ def make_optimizer(
     """
     family = model.config.vision
     defaults = ADAM_SETTINGS[family]
-    schedule = WarmupCosineDecay(
-        learning_rate,
-        total_steps,
-        warmup_steps=min(warmup_steps, total_steps),
-        end_learning_rate=end_learning_rate,
-    )
+    if total_steps is None:
+        schedule = float(learning_rate)
+    else:
+        schedule = WarmupCosineDecay(
+            learning_rate,
+            total_steps,
+            warmup_steps=min(warmup_steps, total_steps),
+            end_learning_rate=end_learning_rate,
+        )
     return AdamW(
         learning_rate=schedule,
         weight_decay=weight_decay,

@@ -136,3 +136,59 @@ def test_errors(setup):
         callbacks.RetrievalEvaluation(images, images, every_n_epochs=0)
     with pytest.raises(ValueError, match="32 columns"):
         zero_shot.ZeroShotClassifier(model, np.zeros((3, 5)))
+
+
+def _budget_rates(steps, seconds, peak, warmup, end):
+    """NumPy reference: the rate of step k when step k starts k s in."""
+    k = np.arange(steps, dtype="float64")
+    progress = np.clip((k - warmup) / (seconds - warmup), 0.0, 1.0)
+    cosine = end + 0.5 * (peak - end) * (1.0 + np.cos(np.pi * progress))
+    return np.where(k < warmup, peak * (k + 1) / max(warmup, 1), cosine)
+
+
+@pytest.mark.parametrize("warmup", [0, 3])
+def test_time_budget_cosine_decay_reaches_the_compiled_step(warmup):
+    # A fake clock that advances 1 s per step. With SGD on sum(x @ w) and
+    # x = 1 the gradient is 1, so each step moves w by exactly the rate the
+    # compiled step used: w ends at -(sum of rates), which only holds if
+    # every rate set from the host reached the step (on JAX: via the sync).
+    now = {"t": 0.0}
+
+    class Tick(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            now["t"] += 1.0
+
+    seconds, peak, end = 10, 0.1, 0.01
+    model = keras.Sequential([
+        keras.Input((3,)),
+        keras.layers.Dense(1, use_bias=False, kernel_initializer="zeros"),
+    ])
+    model.compile(optimizer=keras.optimizers.SGD(0.5),
+                  loss=lambda y, p: keras.ops.sum(p) / 4.0)
+    budget = callbacks.TimeBudgetCosineDecay(
+        seconds, peak, warmup_steps=warmup, end_learning_rate=end,
+        clock=lambda: now["t"])
+    x = np.ones((16, 3), "float32")
+    history = model.fit(x, np.zeros((16, 1), "float32"), batch_size=4,
+                        epochs=100, verbose=0, shuffle=False,
+                        callbacks=[Tick(), budget])
+    rates = _budget_rates(seconds, seconds, peak, warmup, end)
+    assert budget.step == seconds  # stopped after the step that ended at 10 s
+    assert len(history.history["loss"]) == 3  # 4 steps per epoch
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(model.layers[0].kernel)[:, 0],
+        np.full(3, -rates.sum()), rtol=1e-5)
+    np.testing.assert_allclose(history.history["learning_rate"][-1], rates[-1], rtol=1e-6)
+
+
+def test_time_budget_cosine_decay_errors():
+    with pytest.raises(ValueError, match="seconds > 0"):
+        callbacks.TimeBudgetCosineDecay(0, 1e-3)
+    with pytest.raises(ValueError, match="warmup_steps"):
+        callbacks.TimeBudgetCosineDecay(10, 1e-3, warmup_steps=-1)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.SGD(
+        keras_clip.WarmupCosineDecay(0.1, total_steps=10)), loss="mse")
+    with pytest.raises(ValueError, match="float `learning_rate`.*WarmupCosineDecay"):
+        model.fit(np.ones((4, 3)), np.ones((4, 1)), verbose=0,
+                  callbacks=[callbacks.TimeBudgetCosineDecay(10, 1e-3)])

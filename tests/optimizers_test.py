@@ -95,6 +95,12 @@ def test_make_optimizer_uses_paper_settings(name, beta_2, epsilon):
     assert opt.beta_2 == beta_2 and opt.epsilon == epsilon
     assert opt.weight_decay == pytest.approx(0.2)
     assert float(to_np(opt.learning_rate)) == pytest.approx(5e-4 / 2000)  # first warm-up step
+    # No schedule: a settable rate (for TimeBudgetCosineDecay), same settings.
+    plain = keras_clip.make_optimizer(model, total_steps=None, learning_rate=3e-3)
+    assert plain.beta_2 == beta_2 and plain.epsilon == epsilon
+    assert float(to_np(plain.learning_rate)) == pytest.approx(3e-3)
+    plain.learning_rate = 1e-3
+    assert float(to_np(plain.learning_rate)) == pytest.approx(1e-3)
 
 
 def test_exclusions_reach_the_optimizer_inside_loss_scaling():
