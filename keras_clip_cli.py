@@ -235,8 +235,8 @@ def build_parser():
         "concepts and the unseen Noto style.",
     )
     p.add_argument("--preset", default="demo-resnet", help="Model preset (default: demo-resnet).")
-    p.add_argument("--minutes", type=float, default=9.5, help="Training time cap in minutes; stops early if reached (default: 9.5).")
-    p.add_argument("--epochs", type=int, default=40, help="Epochs of warm-up + cosine schedule (default: 40, about 8 min on 2 cores).")
+    p.add_argument("--minutes", type=float, default=9.5, help="Training time in minutes: warm-up, then the learning rate's cosine decay over this wall-clock time, so a faster machine trains more epochs (default: 9.5).")
+    p.add_argument("--epochs", type=int, default=None, help="Instead, a fixed warm-up + cosine schedule of this many epochs, reproducible from run to run, still stopped after --minutes (default: none, the schedule follows the clock).")
     p.add_argument("--batch-size", type=int, default=128, help="Pairs per batch (default: 128).")
     p.add_argument("--image-size", type=int, default=32, help="Image resolution, a multiple of 32 (default: 32).")
     p.add_argument("--vocabulary-size", type=int, default=2000, help="BPE vocabulary learnt from the training captions (default: 2000).")

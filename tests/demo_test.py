@@ -34,10 +34,10 @@ def test_concept_top1_counts_a_right_concept_in_any_skin_tone(monkeypatch):
 # `make demo` prints what it did, not Keras's warnings about how it was fed.
 @pytest.mark.filterwarnings("error::UserWarning")
 def test_demo_trains_evaluates_and_saves(tmp_path):
+    # The default, clock-driven schedule: the budget ends the run.
     metrics = demo.run(
         output_dir=str(tmp_path),
-        minutes=0.2,
-        epochs=1,
+        minutes=0.25,
         batch_size=64,
         image_size=32,
         vocabulary_size=700,
@@ -54,6 +54,8 @@ def test_demo_trains_evaluates_and_saves(tmp_path):
     with open(tmp_path / "metrics.json") as f:
         saved = json.load(f)
     assert saved["heldout"]["classes"] == held["classes"]
+    assert saved["train_seconds"] >= 15 and saved["recipe"]["epochs"] is None
+    assert len(saved["history"]["learning_rate"]) == saved["epochs"] >= 1
     # The run's settings are saved with its numbers, the ones passed and
     # the defaults alike.
     recipe = saved["recipe"]
