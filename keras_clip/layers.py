@@ -37,7 +37,14 @@ def torch_fusable(layers):
     """Whether a torch fused path may use these built sublayers' weights
     directly: the switch is on and none has LoRA or quantization (whose
     `call` does more than its kernel)."""
-    return TORCH_FUSED_BLOCKS and all(
+    return TORCH_FUSED_BLOCKS and plain_built(layers)
+
+
+def plain_built(layers):
+    """Whether these sublayers are built and their `call` is only their
+    kernel's maths (no LoRA, no quantization), so a fused path may read
+    their weights directly."""
+    return all(
         layer.built
         and not getattr(layer, "lora_enabled", False)
         and getattr(layer, "quantization_mode", None) is None

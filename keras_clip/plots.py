@@ -57,11 +57,13 @@ def _curve_panels(history):
             ["i2t_accuracy", "t2i_accuracy", "val_i2t_accuracy", "val_t2i_accuracy"],
         ),
         ("logit scale (1 / temperature)", ["logit_scale"]),
+        # Logged by Keras's LearningRateScheduler and TimeBudgetCosineDecay.
+        ("learning rate (last step of the epoch)", ["learning_rate"]),
     ]
     used = {key for _, keys in panels for key in keys}
     # Evaluation callbacks' numbers (zero-shot, retrieval) get a panel too.
     extra = sorted(
-        key for key in history if key not in used and key not in ("learning_rate", "epoch")
+        key for key in history if key not in used and key != "epoch"
     )
     if extra:
         panels.append(("evaluation", extra))
@@ -73,7 +75,7 @@ def _curve_panels(history):
 
 
 def training_curves(history, path):
-    """Loss, accuracies and logit scale against the epoch.
+    """Loss, accuracies, logit scale (and learning rate) against the epoch.
 
     Args:
         history: dict of metric name -> list of per-epoch values (a Keras

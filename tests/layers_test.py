@@ -12,6 +12,7 @@ from keras_clip.layers import (
     quick_gelu,
 )
 from keras_clip import layers as clip_layers
+from keras_clip import modified_resnet
 from keras_clip.modified_resnet import (
     AttentionPool2d,
     Bottleneck,
@@ -265,7 +266,8 @@ def _grads_and_state(fn, layer, x, dy):
 @pytest.mark.parametrize("stride,training", [(2, True), (1, True), (2, False)])
 def test_bottleneck_call_equals_its_sublayers_with_gradients(stride, training):
     # On torch a built bottleneck runs as direct F.conv2d / F.batch_norm /
-    # F.avg_pool2d calls on the NCHW view (`_torch_fused`); everywhere its
+    # F.avg_pool2d calls on the NCHW view (`_torch_fused`), on JAX its 1x1
+    # convolutions run as matrix products (`_pointwise`); everywhere its
     # output, its gradients (input and all weights) and its moving
     # statistics must equal its sublayers composed through Keras.
     rng = np.random.default_rng(12)
@@ -302,8 +304,9 @@ def test_bottleneck_call_equals_its_sublayers_with_gradients(stride, training):
 
 @pytest.mark.parametrize("training", [True, False])
 def test_resnet_tower_equals_keras_ops_path_with_gradients(monkeypatch, training):
-    # The whole tower (stem included) with the torch fused path, against the
-    # same weights run through Keras's layers (the path TF and JAX take).
+    # The whole tower (stem included) with the torch fused path / JAX's
+    # matmul 1x1 convolutions, against the same weights run through Keras's
+    # layers (the path TF takes).
     rng = np.random.default_rng(13)
     tower = ModifiedResNet(32, (1, 1, 1, 1), 8, 2, 16)
     tower.build()
@@ -312,6 +315,7 @@ def test_resnet_tower_equals_keras_ops_path_with_gradients(monkeypatch, training
     dy = rng.standard_normal((3, 16)).astype("float32")
     got = _grads_and_state(lambda x: tower(x, training=training), tower, x, dy)
     monkeypatch.setattr(clip_layers, "TORCH_FUSED_BLOCKS", False)
+    monkeypatch.setattr(modified_resnet, "JAX_POINTWISE_MATMUL", False)
     expected = _grads_and_state(lambda x: tower(x, training=training), tower, x, dy)
     names = (["output", "input"] + [v.path for v in tower.trainable_variables]
              + [v.path for v in tower.non_trainable_variables])

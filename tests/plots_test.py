@@ -23,6 +23,9 @@ def test_training_curves_has_a_panel_per_metric_group(tmp_path):
     assert [t for t, _ in plots._curve_panels(history)] == [
         "contrastive loss", "in-batch retrieval accuracy", "logit scale (1 / temperature)",
         "evaluation"]
+    history["learning_rate"] = [1e-3, 5e-4, 0.0]
+    assert [t for t, _ in plots._curve_panels(history)][3:] == [
+        "learning rate (last step of the epoch)", "evaluation"]
     with pytest.raises(ValueError, match="at least one non-empty metric"):
         plots.training_curves({"loss": [], "epoch": [0]}, str(tmp_path / "c.png"))
 
