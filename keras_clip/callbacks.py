@@ -17,6 +17,7 @@ import keras
 import numpy as np
 
 from keras_clip import prompts
+from keras_clip.optimizers import cosine_decay
 from keras_clip.retrieval import retrieval_metrics
 from keras_clip.zero_shot import (
     accuracy,
@@ -227,7 +228,7 @@ class TimeBudgetCosineDecay(keras.callbacks.Callback):
             return peak * (step + 1) / self.warmup_steps
         left = max(self.seconds - warmup_end, 1e-9)
         progress = min(max((elapsed - warmup_end) / left, 0.0), 1.0)
-        return end + 0.5 * (peak - end) * (1.0 + math.cos(math.pi * progress))
+        return cosine_decay(peak, end, progress, cos=math.cos)
 
     def on_train_begin(self, logs=None):
         optimizer = self.model.optimizer

@@ -119,6 +119,15 @@ class AdamW(_AdamW):
             )
 
 
+def cosine_decay(peak, end, progress, cos=ops.cos):
+    """Half a cosine from `peak` (progress 0) to `end` (progress 1).
+
+    `cos` is `ops.cos` for tensors (`WarmupCosineDecay`) or `math.cos` for
+    floats (`TimeBudgetCosineDecay`, which sets the rate from the host).
+    """
+    return end + 0.5 * (peak - end) * (1.0 + cos(math.pi * progress))
+
+
 @keras.saving.register_keras_serializable(package="keras_clip")
 class WarmupCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
     """Linear warm-up to `learning_rate`, then cosine decay to `end_learning_rate`.
@@ -156,7 +165,7 @@ class WarmupCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
         warmup = peak * (step + 1.0) / warm
         decay_steps = max(self.total_steps - self.warmup_steps, 1)
         progress = ops.clip((step - self.warmup_steps) / decay_steps, 0.0, 1.0)
-        cosine = end + 0.5 * (peak - end) * (1.0 + ops.cos(math.pi * progress))
+        cosine = cosine_decay(peak, end, progress)
         return ops.where(step < self.warmup_steps, warmup, cosine)
 
     def get_config(self):
