@@ -2,6 +2,7 @@
 
 import keras
 from keras import ops
+from keras.src.backend.common.stateless_scope import in_stateless_scope
 
 # PyTorch's LayerNorm default; Keras's default (1e-3) would break parity
 # with OpenAI weights.
@@ -50,6 +51,50 @@ def plain_built(layers):
         and getattr(layer, "quantization_mode", None) is None
         for layer in layers
     )
+
+
+def torch_value(variable, like):
+    """The torch tensor of a Keras variable, for a fused torch path.
+
+    Keras's `variable.value` costs ~10 us per read on torch (it checks the
+    stateless scope, the autocast scope and whether the current device is
+    `meta`); a fused transformer block reads 12 weights, a bottleneck up to
+    16, so those reads cost more than a small block's arithmetic. The fused
+    paths cast each weight to the activation's dtype themselves, so they need
+    only the stored tensor (same object, same autograd leaf). Falls back to
+    `.value` where Keras substitutes another tensor: inside a stateless scope,
+    for an uninitialised variable, and in a symbolic call on the `meta`
+    device (`like` is the activation the weight meets).
+    """
+    value = getattr(variable, "_value", None)
+    if value is None or like.device.type == "meta" or in_stateless_scope():
+        return variable.value
+    return value
+
+
+def torch_layer_norm(x, layer):
+    """Keras `LayerNormalization` over the last axis as one
+    `F.layer_norm`, in float32 as Keras computes it, back in `x`'s dtype."""
+    import torch.nn.functional as F
+
+    out = F.layer_norm(
+        x.float(),
+        (x.shape[-1],),
+        torch_value(layer.gamma, x).float() if layer.scale else None,
+        torch_value(layer.beta, x).float() if layer.center else None,
+        layer.epsilon,
+    )
+    return out.to(x.dtype)
+
+
+def torch_linear(x, layer):
+    """A plain Keras `Dense` as one `F.linear` (`addmm` with the bias
+    fused), its `(in, out)` kernel read transposed as a view."""
+    import torch.nn.functional as F
+
+    kernel = torch_value(layer.kernel, x).to(x.dtype)
+    bias = torch_value(layer.bias, x).to(x.dtype) if layer.use_bias else None
+    return F.linear(x, kernel.t(), bias)
 
 
 def sublayer(layer, *args, **kwargs):
@@ -257,25 +302,10 @@ class ResidualAttentionBlock(keras.layers.Layer):
         import torch
         import torch.nn.functional as F
 
-        dtype = x.dtype
         batch, length, width = x.shape
         heads, head_dim = self.num_heads, width // self.num_heads
 
-        def linear(h, layer):
-            kernel = layer.kernel.value.to(dtype)
-            bias = layer.bias.value.to(dtype) if layer.use_bias else None
-            return F.linear(h, kernel.t(), bias)
-
-        def norm(h, layer):
-            out = F.layer_norm(
-                h.float(),
-                (width,),
-                layer.gamma.value.float(),
-                layer.beta.value.float(),
-                layer.epsilon,
-            )
-            return out.to(dtype)
-
+        linear, norm = torch_linear, torch_layer_norm
         qkv = linear(norm(x, self.ln_1), self.attn.qkv)  # (B, T, 3D)
         qkv = qkv.view(batch, length, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(

@@ -5,6 +5,7 @@ from keras import ops
 from keras.src.backend.common.stateless_scope import in_stateless_scope
 
 from keras_clip import configs, distributed
+from keras_clip import layers as clip_layers
 from keras_clip.losses import (
     _check_label_smoothing,
     chunked_contrastive_loss,
@@ -53,6 +54,17 @@ class LastValue(keras.metrics.Metric):
 
 _INTEGER_DTYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32")
 
+
+
+def _project(layer, features):
+    """A projection `Dense` (no bias) applied to a tower's features. On
+    torch, one `F.linear` instead of the layer's `__call__` (input
+    conversion, dtype policy, autocast scope, hooks: ~0.1-0.2 ms per eager
+    call, a tenth of a small model's inference); the kernel is cast to the
+    features' dtype as the autocast scope would."""
+    if clip_layers._TORCH and clip_layers.torch_fusable((layer,)):
+        return clip_layers.torch_linear(ops.convert_to_tensor(features), layer)
+    return layer(features)
 
 @keras.saving.register_keras_serializable(package="keras_clip")
 class CLIPModel(keras.Model):
@@ -295,7 +307,7 @@ class CLIPModel(keras.Model):
     def _encode_image(self, images, normalize, training):
         features = self.image_encoder(images, training=training)  # (B, W)
         if self.image_projection is not None:
-            features = self.image_projection(features)  # (B, E)
+            features = _project(self.image_projection, features)  # (B, E)
         return l2_normalize(features) if normalize else features
 
     def encode_text(self, token_ids, normalize=True, training=False):
@@ -313,7 +325,7 @@ class CLIPModel(keras.Model):
 
     def _encode_text(self, token_ids, normalize, training):
         features = self.text_encoder(token_ids, training=training)  # (B, W)
-        features = self.text_projection(features)  # (B, E)
+        features = _project(self.text_projection, features)  # (B, E)
         return l2_normalize(features) if normalize else features
 
     def _compiled_encoder(self, tower, normalize, inputs, training):

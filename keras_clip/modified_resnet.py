@@ -78,8 +78,9 @@ class GlobalBatchNormalization(keras.layers.BatchNormalization):
             # single-threaded (~5e-6 vs ~7e-7 against float64 here). CUDA's
             # kernel takes channels-last half inputs with float32 statistics.
             x = x.to(dtype=torch.float32, memory_format=torch.contiguous_format)
-        weight = ops.convert_to_tensor(self.gamma).float() if self.scale else None
-        bias = ops.convert_to_tensor(self.beta).float() if self.center else None
+        value = clip_layers.torch_value
+        weight = value(self.gamma, x).float() if self.scale else None
+        bias = value(self.beta, x).float() if self.center else None
         if training:
             channels = x.shape[1]
             mean = torch.zeros(channels, device=x.device)
@@ -95,8 +96,8 @@ class GlobalBatchNormalization(keras.layers.BatchNormalization):
         else:
             y = F.batch_norm(
                 x,
-                ops.convert_to_tensor(self.moving_mean).float(),
-                ops.convert_to_tensor(self.moving_variance).float(),
+                value(self.moving_mean, x).float(),
+                value(self.moving_variance, x).float(),
                 weight, bias, False, 0.0, self.epsilon,
             )
         return y.to(getattr(torch, keras.backend.standardize_dtype(self.compute_dtype)))
@@ -154,7 +155,7 @@ def _torch_conv_bn(conv, norm, x, training, stride=1, padding=0):
     """
     import torch.nn.functional as F
 
-    kernel = conv.kernel.value.to(x.dtype).permute(3, 2, 0, 1)
+    kernel = clip_layers.torch_value(conv.kernel, x).to(x.dtype).permute(3, 2, 0, 1)
     y = F.conv2d(x, kernel, stride=stride, padding=padding)
     return norm._torch_fused(y, training and norm.trainable)
 
@@ -342,6 +343,10 @@ class AttentionPool2d(keras.layers.Layer):
             layer.build((None, self.width))
 
     def call(self, x):
+        if clip_layers._TORCH and clip_layers.torch_fusable(
+            (self.q_proj, self.k_proj, self.v_proj, self.c_proj)
+        ):
+            return self._torch_fused(x)
         batch = ops.shape(x)[0]
         n = self.spatial_size**2
         heads, head_dim = self.num_heads, self.width // self.num_heads
@@ -354,6 +359,30 @@ class AttentionPool2d(keras.layers.Layer):
         out = ops.dot_product_attention(q, k, v)  # (B, 1, H, Dh)
         out = ops.reshape(out, (batch, self.width))  # (B, C)
         return sublayer(self.c_proj, out)  # (B, output_dim)
+
+    def _torch_fused(self, x):
+        """`call` as direct torch calls: at the small maps this pool sees,
+        Keras's eager dispatch of its ~12 ops (each reshape alone
+        flattens its arguments to look for symbolic tensors) costs more
+        than the attention."""
+        import torch
+        import torch.nn.functional as F
+
+        linear = clip_layers.torch_linear
+        batch, n = x.shape[0], self.spatial_size**2
+        heads, head_dim = self.num_heads, self.width // self.num_heads
+        x = x.reshape(batch, n, self.width)  # (B, N, C)
+        x = torch.cat([x.mean(dim=1, keepdim=True), x], dim=1)
+        x = x + clip_layers.torch_value(self.positional_embedding, x).to(x.dtype)
+
+        def heads_first(h, length):  # (B, T, C) -> (B, H, T, Dh)
+            return h.view(batch, length, heads, head_dim).transpose(1, 2)
+
+        q = heads_first(linear(x[:, :1], self.q_proj), 1)
+        k = heads_first(linear(x, self.k_proj), n + 1)
+        v = heads_first(linear(x, self.v_proj), n + 1)
+        out = F.scaled_dot_product_attention(q, k, v)  # (B, H, 1, Dh)
+        return linear(out.transpose(1, 2).reshape(batch, self.width), self.c_proj)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.output_dim)

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_clip import layers as clip_layers
 from keras_clip.layers import Transformer, layer_norm, sublayer
 
 
@@ -103,6 +104,10 @@ class TextTransformer(keras.layers.Layer):
         self.ln_final.build((None, self.width))
 
     def call(self, token_ids):
+        if clip_layers._TORCH and clip_layers.torch_fusable(
+            (self.token_embedding, self.ln_final)
+        ):
+            return self._torch_fused(token_ids)
         length = ops.shape(token_ids)[1]
         x = sublayer(self.token_embedding, token_ids)  # (B, L, D)
         pos = ops.cast(self.positional_embedding[:length], x.dtype)
@@ -110,6 +115,32 @@ class TextTransformer(keras.layers.Layer):
         positions = end_of_text_positions(token_ids, self.eot_token_id)
         x = ops.take_along_axis(x, positions[:, None, None], axis=1)[:, 0]
         return sublayer(self.ln_final, x)  # (B, D)
+
+    def _torch_fused(self, token_ids):
+        """The tower's own ops (token lookup, positions, end-of-text
+        pooling, final layer norm) as direct torch calls around the fused
+        blocks: the same maths as `call`'s Keras ops without their
+        per-op dispatch, which dominates a small model's eager inference.
+        """
+        import torch
+        import torch.nn.functional as F
+
+        value = clip_layers.torch_value
+        token_ids = ops.convert_to_tensor(token_ids)
+        length = token_ids.shape[1]
+        table = value(self.token_embedding.embeddings, token_ids)
+        dtype = getattr(torch, self.token_embedding.compute_dtype)
+        x = F.embedding(token_ids, table).to(dtype)  # (B, L, D)
+        x = x + value(self.positional_embedding, x)[:length].to(x.dtype)
+        x = sublayer(self.transformer, x)  # (B, L, D)
+        # end_of_text_positions: the first end-of-text, else the last
+        # non-padding token.
+        is_eot = token_ids == self.eot_token_id
+        first_eot = is_eot.int().argmax(dim=1)
+        last_token = length - 1 - (token_ids != 0).int().flip(1).argmax(dim=1)
+        positions = torch.where(is_eot.any(dim=1), first_eot, last_token)
+        x = x[torch.arange(x.shape[0], device=x.device), positions]  # (B, D)
+        return clip_layers.torch_layer_norm(x, self.ln_final)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.width)

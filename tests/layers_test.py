@@ -128,6 +128,7 @@ def _block_grads(fn, block, x, dy):
             y = fn(x)
             total = tf.reduce_sum(tf.cast(y, "float32") * dy)
         grads = tape.gradient(total, [x] + [v.value for v in variables])
+        grads = [tf.convert_to_tensor(g) for g in grads]  # embeddings: IndexedSlices
         return [np.asarray(g, "float32") for g in [y] + grads]
     if backend == "jax":
         import jax
@@ -322,6 +323,76 @@ def test_resnet_tower_equals_keras_ops_path_with_gradients(monkeypatch, training
     for name, a, b in zip(names, got, expected):
         scale = max(1.0, float(np.abs(b).max()))
         np.testing.assert_allclose(a, b, atol=1e-4 * scale, rtol=1e-4, err_msg=name)
+
+
+def _fused_against_keras_ops(monkeypatch, fn, layer, x, dy, tol):
+    """`fn` run with the torch fused paths (the default) and with every one
+    switched off, outputs and all gradients compared. On TF and JAX both
+    runs take the Keras-ops path (the comparison then checks nothing new);
+    on torch they are the two implementations."""
+    got = _block_grads(fn, layer, x, dy)
+    monkeypatch.setattr(clip_layers, "TORCH_FUSED_BLOCKS", False)
+    expected = _block_grads(fn, layer, x, dy)
+    monkeypatch.setattr(clip_layers, "TORCH_FUSED_BLOCKS", True)
+    names = ["output", "input"] + [v.path for v in layer.trainable_variables]
+    assert len(got) == len(names)
+    for name, a, b in zip(names, got, expected):
+        scale = max(1.0, float(np.abs(b).max()))
+        np.testing.assert_allclose(a, b, atol=tol * scale, rtol=tol, err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "mixed_bfloat16"])
+def test_vit_tower_equals_keras_ops_path_with_gradients(monkeypatch, dtype):
+    # On torch the tower's own ops (patch convolution, class token,
+    # positions, ln_pre / ln_post) run as direct torch calls.
+    rng = np.random.default_rng(14)
+    tower = VisionTransformer(16, 4, 16, 2, 2, dtype=dtype)
+    tower.build()
+    randomize(tower)
+    x = rng.standard_normal((3, 16, 16, 3)).astype("float32")
+    dy = rng.standard_normal((3, 16)).astype("float32")
+    tol = 3e-2 if dtype == "mixed_bfloat16" else 1e-5
+    _fused_against_keras_ops(monkeypatch, tower, tower, x, dy, tol)
+    assert keras.backend.standardize_dtype(tower(x).dtype) == tower.compute_dtype
+
+
+@pytest.mark.parametrize("dtype", ["float32", "mixed_bfloat16"])
+def test_text_tower_equals_keras_ops_path_with_gradients(monkeypatch, dtype):
+    # On torch the token lookup, positions, end-of-text pooling (first
+    # end-of-text, else the last non-padding token) and ln_final run as
+    # direct torch calls. Token ids have no gradient, so the tower's output
+    # is scaled by a float input `s` of ones to reuse `_block_grads`.
+    rng = np.random.default_rng(15)
+    tower = TextTransformer(50, 8, 16, 2, 2, eot_token_id=49, dtype=dtype)
+    tower.build()
+    randomize(tower)
+    ids = np.array(
+        [[3, 7, 49, 0, 0, 0, 0, 0],
+         [5, 49, 8, 49, 0, 0, 0, 0],  # two end-of-text ids: the first pools
+         [4, 6, 2, 9, 11, 0, 0, 0],  # truncated: no end-of-text
+         [1, 2, 3, 4, 5, 6, 7, 49]],
+        dtype="int32",
+    )
+    s = np.ones((4, 1), "float32")
+    dy = rng.standard_normal((4, 16)).astype("float32")
+    tol = 3e-2 if dtype == "mixed_bfloat16" else 1e-5
+
+    def fn(s):
+        y = tower(ids)
+        return y * keras.ops.cast(s, y.dtype)
+
+    _fused_against_keras_ops(monkeypatch, fn, tower, s, dy, tol)
+    assert keras.backend.standardize_dtype(tower(ids).dtype) == tower.compute_dtype
+
+
+def test_attention_pool_equals_keras_ops_path_with_gradients(monkeypatch):
+    rng = np.random.default_rng(16)
+    pool = AttentionPool2d(3, 8, 2, 6)
+    pool.build()
+    randomize(pool)
+    x = rng.standard_normal((2, 3, 3, 8)).astype("float32")
+    dy = rng.standard_normal((2, 6)).astype("float32")
+    _fused_against_keras_ops(monkeypatch, pool, pool, x, dy, 1e-5)
 
 
 def _bn_output_and_input_grad(layer, x, weights):

@@ -1,0 +1,180 @@
+"""PyTorch eager: keras_clip's fused torch paths, its Keras-ops path and
+open_clip, in one process, rounds alternating.
+
+On torch every op of keras_clip runs eagerly, as open_clip's do, so at a
+small model's size Python-side dispatch (Keras's op wrappers, `Layer.__call__`,
+variable reads) rather than arithmetic decides the speed.
+`keras_clip.layers.TORCH_FUSED_BLOCKS` (on by default) runs the built towers,
+blocks and projections as direct `torch.nn.functional` calls; switching it off
+gives the plain Keras-ops path of the same model. This script times both
+sides and open_clip's `CLIP` built from the same config, alternating rounds
+in one process (this machine is shared and noisy: compare columns of a row,
+not rows of different runs):
+
+- inference: `encode_image` / `encode_text` at batch 1 and 32 under
+  `torch.no_grad()`, embeddings back as NumPy;
+- training: one optimiser step (forward, backward, AdamW), keras_clip's
+  `train_on_batch` against open_clip's model, `ClipLoss` and
+  `torch.optim.AdamW`.
+
+Prints a Markdown table of medians and the ratio to open_clip (> 1: faster).
+
+    python benchmarks/torch_eager_benchmark.py [--cases tiny-vit:64] [--rounds 5]
+"""
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+import types
+
+os.environ["KERAS_BACKEND"] = "torch"
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# PyPI's torchvision is a CUDA build that fails to import beside the CPU
+# torch; an empty `_meta_registrations` lets open_clip import (as in the
+# tests' conftest.py).
+sys.modules.setdefault("torchvision._meta_registrations",
+                       types.ModuleType("torchvision._meta_registrations"))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from keras_clip import layers as clip_layers  # noqa: E402
+from keras_clip import make_optimizer  # noqa: E402
+from keras_clip.model import CLIPModel  # noqa: E402
+
+SIDES = ("open_clip", "keras_clip fused", "keras_clip Keras ops")
+
+
+def inputs(config, batch, seed=0):
+    rng = np.random.default_rng(seed)
+    images = rng.standard_normal((batch, config.image_size, config.image_size, 3)).astype("float32")
+    ids = rng.integers(1, config.vocabulary_size - 2, (batch, config.context_length)).astype("int32")
+    ids[:, 10] = config.vocabulary_size - 1
+    ids[:, 11:] = 0
+    return images, ids
+
+
+def open_clip_side(config, images, ids):
+    import open_clip
+    from open_clip.loss import ClipLoss
+
+    from keras_clip.convert import open_clip_model_config
+
+    torch.manual_seed(0)
+    model = open_clip.model.CLIP(**open_clip_model_config(config))
+    x = torch.tensor(images).permute(0, 3, 1, 2).contiguous()
+    t = torch.tensor(ids, dtype=torch.long)
+    loss_fn = ClipLoss()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.2)
+
+    def train():
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+        image, text, scale = model(x, t)
+        loss_fn(image, text, scale).backward()
+        optimizer.step()
+
+    def encoders(n):
+        xi, xt = x[:1].repeat(n, 1, 1, 1), t[:1].repeat(n, 1)
+
+        def image():
+            model.eval()
+            with torch.no_grad():
+                return model.encode_image(xi, normalize=True).numpy()
+
+        def text():
+            model.eval()
+            with torch.no_grad():
+                return model.encode_text(xt, normalize=True).numpy()
+
+        return image, text
+
+    return train, encoders
+
+
+def keras_side(preset, images, ids, fused):
+    keras.utils.set_random_seed(0)
+    model = CLIPModel.from_preset(preset)
+    model.compile(optimizer=make_optimizer(model, total_steps=10_000, warmup_steps=1))
+    batch = {"images": images, "token_ids": ids}
+
+    def switched(fn):
+        def run():
+            clip_layers.TORCH_FUSED_BLOCKS = fused
+            try:
+                return fn()
+            finally:
+                clip_layers.TORCH_FUSED_BLOCKS = True
+        return run
+
+    def encoders(n):
+        xi = keras.ops.convert_to_tensor(np.repeat(images[:1], n, axis=0))
+        xt = keras.ops.convert_to_tensor(np.repeat(ids[:1], n, axis=0))
+
+        def image():
+            with torch.no_grad():
+                return keras.ops.convert_to_numpy(model.encode_image(xi))
+
+        def text():
+            with torch.no_grad():
+                return keras.ops.convert_to_numpy(model.encode_text(xt))
+
+        return switched(image), switched(text)
+
+    return switched(lambda: model.train_on_batch(batch)), encoders
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--cases", nargs="+", default=["tiny-vit:64", "demo-resnet:128"],
+                        help="preset:training batch")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=20,
+                        help="inference calls per round and side (training: a fifth)")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = []
+    for case in args.cases:
+        preset, batch = case.split(":")
+        config = CLIPModel.from_preset(preset).config
+        images, ids = inputs(config, int(batch))
+        sides = {"open_clip": open_clip_side(config, images, ids),
+                 "keras_clip fused": keras_side(preset, images, ids, True),
+                 "keras_clip Keras ops": keras_side(preset, images, ids, False)}
+        jobs = {}
+        for name, (train, encoders) in sides.items():
+            jobs[name, "train"] = train
+            for n in (1, 32):
+                jobs[name, f"image b{n}"], jobs[name, f"text b{n}"] = encoders(n)
+        for fn in jobs.values():  # warm-up: first calls build and allocate
+            fn(), fn()
+        times = {key: [] for key in jobs}
+        for _ in range(args.rounds):
+            for key, fn in jobs.items():
+                calls = max(1, args.repeats // 5) if key[1] == "train" else args.repeats
+                start = time.perf_counter()
+                for _ in range(calls):
+                    fn()
+                times[key].append((time.perf_counter() - start) / calls)
+        for what in ("train", "image b1", "image b32", "text b1", "text b32"):
+            ms = {name: 1e3 * statistics.median(times[name, what]) for name in SIDES}
+            ref = ms["open_clip"]
+            cells = " | ".join(f"{ms[name]:.2f} ({ref / ms[name]:.2f}x)" for name in SIDES)
+            label = f"train step (batch {batch})" if what == "train" else what
+            rows.append(f"| {preset} | {label} | {cells} |")
+    print(f"\nMachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"{args.threads} torch threads; torch {torch.__version__}, keras {keras.__version__}; "
+          f"median of {args.rounds} rounds, sides alternating; ms (speed vs open_clip).\n")
+    print("| case | what | " + " | ".join(SIDES) + " |")
+    print("|---|---|" + "---:|" * len(SIDES))
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
