@@ -31,9 +31,20 @@ def test_concept_top1_counts_a_right_concept_in_any_skin_tone(monkeypatch):
     assert "concept_top1" not in demo.zero_shot_scores(None, None, ["a", "b", "c", "d"])
 
 
+def test_clock_progress_prints_time_against_budget_and_logs():
+    lines = []
+    progress = demo.ClockProgress(570, print_fn=lines.append)
+    progress.on_train_begin()
+    progress.start -= 98  # 1:38 into the budget
+    progress.on_epoch_end(11, {"loss": 2.0, "i2t_accuracy": 0.5, "heldout_top1": 0.25,
+                               "learning_rate": 1e-3, "logit_scale": 14.0})
+    assert lines == ["epoch  12 - 1:38 / 9:30 - loss 2.000 - i2t acc 0.500 - "
+                     "held-out top-1 0.250 - lr 1.00e-03"]
+
+
 # `make demo` prints what it did, not Keras's warnings about how it was fed.
 @pytest.mark.filterwarnings("error::UserWarning")
-def test_demo_trains_evaluates_and_saves(tmp_path):
+def test_demo_trains_evaluates_and_saves(tmp_path, capsys):
     # The default, clock-driven schedule: the budget ends the run.
     metrics = demo.run(
         output_dir=str(tmp_path),
@@ -45,6 +56,10 @@ def test_demo_trains_evaluates_and_saves(tmp_path):
         downscale=0.25,
         color_jitter=0.0,
     )
+    # Under the clock, one line per epoch with the time spent against the
+    # budget, not Keras's "Epoch k/1000".
+    out = capsys.readouterr().out
+    assert "epoch   1 - 0:" in out and " / 0:15 - loss " in out and "/1000" not in out
     held = metrics["heldout"]
     assert held["classes"] > 300 and held["chance_top1"] == 1.0 / held["classes"]
     assert 0.0 <= held["top1"] <= held["top5"] <= 1.0
