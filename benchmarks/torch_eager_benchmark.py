@@ -43,20 +43,12 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks.open_clip_benchmark import random_pairs  # noqa: E402
 from keras_clip import layers as clip_layers  # noqa: E402
 from keras_clip import make_optimizer  # noqa: E402
 from keras_clip.model import CLIPModel  # noqa: E402
 
 SIDES = ("open_clip", "keras_clip fused", "keras_clip Keras ops")
-
-
-def inputs(config, batch, seed=0):
-    rng = np.random.default_rng(seed)
-    images = rng.standard_normal((batch, config.image_size, config.image_size, 3)).astype("float32")
-    ids = rng.integers(1, config.vocabulary_size - 2, (batch, config.context_length)).astype("int32")
-    ids[:, 10] = config.vocabulary_size - 1
-    ids[:, 11:] = 0
-    return images, ids
 
 
 def open_clip_side(config, images, ids):
@@ -143,7 +135,7 @@ def main():
     for case in args.cases:
         preset, batch = case.split(":")
         config = CLIPModel.from_preset(preset).config
-        images, ids = inputs(config, int(batch))
+        images, ids = random_pairs(config, int(batch))
         sides = {"open_clip": open_clip_side(config, images, ids),
                  "keras_clip fused": keras_side(preset, images, ids, True),
                  "keras_clip Keras ops": keras_side(preset, images, ids, False)}

@@ -55,7 +55,6 @@ class LastValue(keras.metrics.Metric):
 _INTEGER_DTYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32")
 
 
-
 def _project(layer, features):
     """A projection `Dense` (no bias) applied to a tower's features. On
     torch, one `F.linear` instead of the layer's `__call__` (input
@@ -65,6 +64,7 @@ def _project(layer, features):
     if clip_layers._TORCH and clip_layers.torch_fusable((layer,)):
         return clip_layers.torch_linear(ops.convert_to_tensor(features), layer)
     return layer(features)
+
 
 @keras.saving.register_keras_serializable(package="keras_clip")
 class CLIPModel(keras.Model):

@@ -22,6 +22,20 @@ def end_of_text_positions(token_ids, eot_token_id):
     Returns:
         `(B,)` int32 positions.
     """
+    if (
+        clip_layers._TORCH
+        and clip_layers.TORCH_FUSED_BLOCKS
+        and not isinstance(token_ids, keras.KerasTensor)
+    ):
+        # The same rule as direct torch calls (Keras's eager dispatch of
+        # the eight ops below costs more than they compute).
+        import torch
+
+        token_ids = ops.convert_to_tensor(token_ids)
+        is_eot = token_ids == eot_token_id
+        first_eot = is_eot.int().argmax(dim=1)
+        last_token = token_ids.shape[1] - 1 - (token_ids != 0).int().flip(1).argmax(dim=1)
+        return torch.where(is_eot.any(dim=1), first_eot, last_token).int()
     length = ops.shape(token_ids)[1]
     is_eot = ops.cast(ops.equal(token_ids, eot_token_id), "int32")
     first_eot = ops.argmax(is_eot, axis=1)
@@ -133,12 +147,7 @@ class TextTransformer(keras.layers.Layer):
         x = F.embedding(token_ids, table).to(dtype)  # (B, L, D)
         x = x + value(self.positional_embedding, x)[:length].to(x.dtype)
         x = sublayer(self.transformer, x)  # (B, L, D)
-        # end_of_text_positions: the first end-of-text, else the last
-        # non-padding token.
-        is_eot = token_ids == self.eot_token_id
-        first_eot = is_eot.int().argmax(dim=1)
-        last_token = length - 1 - (token_ids != 0).int().flip(1).argmax(dim=1)
-        positions = torch.where(is_eot.any(dim=1), first_eot, last_token)
+        positions = end_of_text_positions(token_ids, self.eot_token_id)
         x = x[torch.arange(x.shape[0], device=x.device), positions]  # (B, D)
         return clip_layers.torch_layer_norm(x, self.ln_final)
 

@@ -210,7 +210,10 @@ def test_attention_pool_matches_numpy():
     np.testing.assert_allclose(keras.ops.convert_to_numpy(pool(x)), expected, atol=1e-5)
 
 
-def test_end_of_text_positions_uses_explicit_id():
+@pytest.mark.parametrize("fused", [True, False])
+def test_end_of_text_positions_uses_explicit_id(monkeypatch, fused):
+    # On torch, `fused` picks its direct torch calls or the Keras ops.
+    monkeypatch.setattr(clip_layers, "TORCH_FUSED_BLOCKS", fused)
     # eot id 5 is *not* the largest id: argmax(token_ids) would pick 9.
     ids = np.array(
         [
