@@ -224,6 +224,7 @@ def from_arrays(
     shard_index=0,
     shuffle_buffer=None,
     pretokenize=None,
+    first_caption_probability=None,
     **options,
 ):
     """Pipeline over in-memory images and captions.
@@ -231,7 +232,10 @@ def from_arrays(
     Args:
         images: `uint8` array `(N, H, W, 3)`, or a list of `N` encoded images
             (`bytes` of JPEG / PNG / GIF / BMP / WebP files).
-        captions: list of `N` captions (`str`, or `bytes` in UTF-8).
+        captions: list of `N` captions (`str`, or `bytes` in UTF-8); or,
+            for several captions per image (COCO's five, or a name and its
+            aliases), a list of `N` lists of captions, of which each pass
+            over the data draws one per image.
         tokenizer: see `build_pipeline`.
         batch_size: int.
         num_shards: int, number of workers reading disjoint parts.
@@ -240,17 +244,32 @@ def from_arrays(
         pretokenize: bool, tokenize every distinct caption once, now, and
             look ids up in the pipeline (see `pretokenized`). Defaults to
             `True` up to 200,000 captions.
+        first_caption_probability: with several captions per image, `None`
+            draws uniformly among them; a float draws the first caption with
+            that probability, else one of the others uniformly.
         **options: pipeline options, see `build_pipeline`.
 
     Returns:
         A batched `tf.data.Dataset` with a `skip_counter` attribute.
     """
     check_sharding(num_shards, shard_index)
-    captions = [as_bytes(c) for c in captions]
+    several = any(isinstance(c, (list, tuple)) for c in captions)
+    if several:
+        choices = [_caption_choices(c, i) for i, c in enumerate(captions)]
+        every = [c for row in choices for c in row]
+        captions = [CAPTION_SEPARATOR.join(row) for row in choices]
+    else:
+        if first_caption_probability is not None:
+            raise ValueError(
+                "`first_caption_probability` needs several captions per image "
+                "(a list of strings per image). Received one caption per image."
+            )
+        captions = [as_bytes(c) for c in captions]
+        every = captions
     if pretokenize is None:
-        pretokenize = len(captions) <= 200_000
+        pretokenize = len(every) <= 200_000
     if pretokenize and tokenizer is not None:
-        tokenizer = pretokenized(tokenizer, captions)
+        tokenizer = pretokenized(tokenizer, every)
     if isinstance(images, np.ndarray):
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(
@@ -269,6 +288,67 @@ def from_arrays(
     status = np.zeros([len(captions)], np.int32)
     table = tf.data.Dataset.from_tensor_slices((images, captions, status))
     table = _finish_rows(table, num_shards, shard_index, shuffle_buffer, options)
+    if several:
+        table = _draw_captions(table, first_caption_probability, options.get("seed"))
     return build_pipeline(
         table, kind, tokenizer, batch_size, name="arrays", **options
     )
+
+
+# Joins an image's captions into one table entry (a control character no
+# caption may contain).
+CAPTION_SEPARATOR = b"\x1f"
+
+
+def _caption_choices(captions, index):
+    """One image's captions as a non-empty list of UTF-8 `bytes`."""
+    if isinstance(captions, (str, bytes)):
+        captions = [captions]
+    captions = [as_bytes(c) for c in captions]
+    if not captions:
+        raise ValueError(
+            f"Expected at least one caption for image {index}. Received an empty list."
+        )
+    for caption in captions:
+        if CAPTION_SEPARATOR in caption:
+            raise ValueError(
+                f"Expected captions without the control character \\x1f (it separates "
+                f"an image's captions). Received {caption!r} for image {index}."
+            )
+    return captions
+
+
+def _draw_captions(rows, first_probability, seed):
+    """Replaces each row's joined captions by one of them, drawn anew each pass.
+
+    `first_probability=None` draws uniformly; otherwise the first caption
+    with that probability and one of the others uniformly (the first when
+    there are no others).
+    """
+    if first_probability is not None and not 0.0 <= first_probability <= 1.0:
+        raise ValueError(
+            "Expected `first_caption_probability` in [0, 1]. Received: "
+            f"{first_probability}"
+        )
+    # Not `seed` itself: the augmentation draws from that stream.
+    seed = None if seed is None else seed + 1
+    draws = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+
+    def draw(row, bits):
+        image, joined, status = row
+        choices = tf.strings.split(joined, CAPTION_SEPARATOR)
+        count = tf.cast(tf.size(choices), tf.int64)
+        # Two independent draws from one random integer (`%` floors: >= 0).
+        unit = tf.cast(bits % (1 << 24), tf.float64) / float(1 << 24)
+        pick = (bits // (1 << 24)) % (1 << 30)
+        if first_probability is None:
+            index = pick % count
+        else:
+            others = tf.maximum(count - 1, 1)
+            index = tf.where(
+                (unit < first_probability) | (count == 1), tf.constant(0, tf.int64),
+                1 + pick % others,
+            )
+        return image, choices[index], status
+
+    return tf.data.Dataset.zip(rows, draws).map(draw)

@@ -186,6 +186,57 @@ def test_arrays_uint8_and_bytes():
         data.from_arrays(images.astype(np.float32), captions, hash_tokenizer, 3)
 
 
+def _drawn_captions(ds, passes):
+    """Captions per row position over `passes` passes of an unshuffled set."""
+    drawn = []
+    for batch in ds.repeat(passes):
+        drawn += [c.decode() for c in np.asarray(batch["captions"])]
+    return drawn
+
+
+def test_arrays_several_captions_drawn_per_pass():
+    images = np.stack([random_image(i) for i in range(4)])
+    captions = [["0 a"], ["1 a", "1 b"], ["2 a", "2 b", "2 c"], "3 a"]
+    passes = 300
+    # Uniform: each caption of image i with probability 1 / len(captions[i]).
+    drawn = _drawn_captions(data.from_arrays(images, captions, None, 4, image_size=SIZE), passes)
+    assert len(drawn) == 4 * passes
+    rows = [drawn[i::4] for i in range(4)]  # unshuffled: row i is image i
+    for i, row in enumerate(rows):
+        assert {c.split()[0] for c in row} == {str(i)}  # never another image's
+        options = captions[i] if isinstance(captions[i], list) else [captions[i]]
+        for option in options:
+            p = 1.0 / len(options)
+            assert abs(row.count(option) - passes * p) <= 5 * np.sqrt(passes * p * (1 - p)) + 1e-9
+    # The first caption with probability 0.75, the others share the rest.
+    drawn = _drawn_captions(data.from_arrays(
+        images, captions, None, 4, image_size=SIZE, first_caption_probability=0.75), passes)
+    expected = {"0 a": 1.0, "1 a": 0.75, "1 b": 0.25, "2 a": 0.75, "2 b": 0.125, "2 c": 0.125, "3 a": 1.0}
+    for caption, p in expected.items():
+        count = sum(c == caption for c in drawn)
+        assert abs(count - passes * p) <= 5 * np.sqrt(passes * p * (1 - p)) + 1e-9, (caption, count)
+
+
+def test_arrays_several_captions_tokens_seed_and_errors():
+    images = np.stack([random_image(i) for i in range(6)])
+    captions = [[f"thing {i}", f"other {i} name"] for i in range(6)]
+    kwargs = dict(image_size=SIZE, training=True, seed=3, keep_captions=True)
+    first = list(data.from_arrays(images, captions, hash_tokenizer, 3, **kwargs).repeat(4))
+    second = list(data.from_arrays(images, captions, hash_tokenizer, 3, **kwargs).repeat(4))
+    for a, b in zip(first, second):  # same seed, same draws and order
+        np.testing.assert_array_equal(a["captions"], b["captions"])
+        # Pretokenized alternatives: the ids of the caption that was drawn.
+        np.testing.assert_array_equal(a["token_ids"], hash_tokenizer(a["captions"]))
+    with pytest.raises(ValueError, match="at least one caption for image 1"):
+        data.from_arrays(images[:2], [["a"], []], hash_tokenizer, 2)
+    with pytest.raises(ValueError, match="without the control character"):
+        data.from_arrays(images[:2], [["a"], ["b\x1fc"]], hash_tokenizer, 2)
+    with pytest.raises(ValueError, match="needs several captions per image"):
+        data.from_arrays(images[:2], ["a", "b"], hash_tokenizer, 2, first_caption_probability=0.5)
+    with pytest.raises(ValueError, match=r"in \[0, 1\]. Received: 1.5"):
+        data.from_arrays(images[:2], [["a"], ["b"]], hash_tokenizer, 2, first_caption_probability=1.5)
+
+
 def test_all_bad_source_raises(tmp_path):
     with pytest.raises(ValueError, match="Every image listed"):
         data.from_csv(write_csv(tmp_path, {"m": (None, b"x")}), hash_tokenizer, 2)
