@@ -154,6 +154,7 @@ def run(
     color_jitter=0.0,
     grayscale=0.0,
     downscale=0.5,
+    alias_probability=0.25,
     model_overrides=None,
     monitor_every=4,
     jit_compile="auto",
@@ -164,6 +165,11 @@ def run(
     decay spread over that time (`TimeBudgetCosineDecay`); an int fixes the
     schedule to that many epochs (reproducible from run to run, as the
     time-driven rate is not), still stopped after `minutes`.
+
+    `alias_probability`: how often a training image with other names (the
+    `emoji` package's short codes, `emoji.aliases`) is paired with one of
+    them instead of its Unicode name; 0 trains on the names only. The
+    BPE vocabulary is learnt from the training names and their aliases.
     """
     # Every setting of the run, saved beside its numbers in metrics.json.
     recipe = {
@@ -174,14 +180,21 @@ def run(
         "label_smoothing": label_smoothing, "crop_scale": list(crop_scale),
         "rotation": rotation, "color_jitter": color_jitter,
         "grayscale": grayscale, "downscale": downscale,
+        "alias_probability": alias_probability,
         "model_overrides": dict(model_overrides or {}),
     }
+    if not 0.0 <= alias_probability <= 1.0:
+        raise ValueError(f"Expected `alias_probability` in [0, 1]. Received: {alias_probability}")
     keras.utils.set_random_seed(seed)
     train = emoji.load_twemoji(image_size=image_size, split="train", seed=seed)
     heldout = emoji.load_twemoji(image_size=image_size, split="heldout", seed=seed)
-    longest = max(len(c.split()) for c in train.captions)
+    # Each training image's captions: its name first, then its aliases.
+    captions = [[c] + (a if alias_probability else [])
+                for c, a in zip(train.captions, emoji.aliases(train))]
+    texts = [c for row in captions for c in row]
+    longest = max(len(c.split()) for c in texts)
     tokenizer = CLIPTokenizer.train(
-        train.captions,
+        texts,
         vocabulary_size=vocabulary_size,
         context_length=max(16, 2 * longest + 4),
     )
@@ -209,9 +222,10 @@ def run(
     )
     ds = data.from_arrays(
         train.images,
-        train.captions,
+        captions,
         tokenizer,
         batch_size,
+        first_caption_probability=1.0 - alias_probability,
         shuffle_buffer=len(train),
         image_size=image_size,
         training=True,
@@ -224,7 +238,8 @@ def run(
     )
     print(
         f"Training {preset} ({model.count_params():,} parameters, "
-        f"{keras.backend.backend()}) on {len(train):,} Twemoji pairs, "
+        f"{keras.backend.backend()}) on {len(train):,} Twemoji pairs "
+        f"({len(texts) - len(train):,} aliases), "
         f"vocabulary {tokenizer.vocabulary_size:,}, "
         + (f"for {minutes:g} min" if epochs is None else f"{epochs} epochs, at most {minutes:g} min")
     )

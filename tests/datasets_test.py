@@ -69,6 +69,25 @@ def test_split_holds_out_whole_concepts(twemoji_all, cache):
         emoji.load_twemoji(SIZE, "test", cache_dir=cache)
 
 
+def test_aliases_name_the_emoji_with_its_tone(twemoji_all):
+    aliases = emoji.aliases(twemoji_all)
+    assert len(aliases) == len(twemoji_all)
+    by_caption = dict(zip(twemoji_all.captions, aliases))
+    # The `emoji` package's short codes (":thumbsup:", ":+1:" for U+1F44D);
+    # a skin-toned variant has none of its own and takes its base's + tone.
+    assert by_caption["thumbs up"] == ["thumbsup", "+1"]
+    assert by_caption["thumbs up dark skin tone"] == [
+        "thumbsup dark skin tone", "+1 dark skin tone"]
+    assert by_caption["face with tears of joy"] == ["joy"]
+    # ":bahrain:" is the caption itself, so only ":flag_for_Bahrain:" stays.
+    assert by_caption["Bahrain"] == ["flag for Bahrain"]
+    assert by_caption["man teacher"] == []
+    assert sum(map(bool, aliases)) > 1000
+    for caption, row in by_caption.items():
+        assert caption.lower() not in {a.lower() for a in row}
+        assert len(set(row)) == len(row)
+
+
 def test_missing_noto_font_names_the_debian_package():
     with pytest.raises(FileNotFoundError, match="fonts-noto-color-emoji"):
         emoji.load_noto_emoji(SIZE, font_path="/nonexistent/NotoColorEmoji.ttf")

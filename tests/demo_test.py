@@ -4,6 +4,7 @@ a loadable clip.keras out."""
 import inspect
 import json
 import os
+import re
 
 import keras
 import numpy as np
@@ -60,6 +61,9 @@ def test_demo_trains_evaluates_and_saves(tmp_path, capsys):
     # budget, not Keras's "Epoch k/1000".
     out = capsys.readouterr().out
     assert "epoch   1 - 0:" in out and " / 0:15 - loss " in out and "/1000" not in out
+    # The training emoji's aliases join their names as captions.
+    aliases = int(re.search(r"\(([\d,]+) aliases\)", out).group(1).replace(",", ""))
+    assert aliases > 1000
     held = metrics["heldout"]
     assert held["classes"] > 300 and held["chance_top1"] == 1.0 / held["classes"]
     assert 0.0 <= held["top1"] <= held["top5"] <= 1.0
@@ -78,6 +82,7 @@ def test_demo_trains_evaluates_and_saves(tmp_path, capsys):
     defaults = inspect.signature(demo.run).parameters
     assert recipe["label_smoothing"] == defaults["label_smoothing"].default
     assert recipe["crop_scale"] == list(defaults["crop_scale"].default)
+    assert recipe["alias_probability"] == defaults["alias_probability"].default
     for name in ("training_curves", "similarity", "heldout_predictions"):
         with Image.open(metrics["outputs"][name]) as png:
             assert png.format == "PNG" and min(png.size) > 100, name

@@ -91,6 +91,48 @@ def concept_of(caption):
     return " ".join(concept.replace(" ,", ",").split()).strip(" ,")
 
 
+def aliases(pairs):
+    """Other names of each pair's emoji, as extra training captions.
+
+    The `emoji` package lists GitHub-style short codes for about 1,200
+    emoji beside their Unicode names (`":joy:"` for "face with tears of
+    joy", `":+1:"` and `":thumbsup:"` for "thumbs up"). They name the emoji
+    without a skin tone, so a skin-toned emoji's aliases are its base
+    emoji's with the same tone words appended ("thumbsup dark skin tone").
+    Aliases equal to the caption or its concept are left out.
+
+    Args:
+        pairs: an `EmojiPairs` (pass the training split only: aliases are
+            text about its emoji).
+
+    Returns:
+        A list of `len(pairs)` lists of strings (empty where there are none).
+    """
+    _versions()
+    import emoji
+
+    out = []
+    for char, caption in zip(pairs.emojis, pairs.captions):
+        base = "".join(c for c in char if not 0x1F3FB <= ord(c) <= 0x1F3FF)
+        names = []
+        for key in dict.fromkeys((char, char.replace("\ufe0f", ""), base, base.replace("\ufe0f", ""))):
+            names = emoji.EMOJI_DATA.get(key, {}).get("alias", [])
+            if names:
+                break
+        tones = " ".join(_SKIN_TONE.findall(caption))
+        same = {caption.lower(), concept_of(caption).lower()}
+        row = []
+        for name in names:
+            name = clean_name(name)
+            if name.lower() in same:
+                continue
+            name = f"{name} {tones}" if tones else name
+            if name not in row:
+                row.append(name)
+        out.append(row)
+    return out
+
+
 def _cache_dir(cache_dir):
     if cache_dir is None:
         cache_dir = os.environ.get("KERAS_CLIP_CACHE") or os.path.join(
