@@ -243,7 +243,7 @@ def build_parser():
     p.add_argument("--vocabulary-size", type=int, default=2000, help="BPE vocabulary learnt from the training captions (default: 2000).")
     p.add_argument("--learning-rate", type=float, default=2e-3, help="Peak learning rate (default: 2e-3).")
     p.add_argument("--label-smoothing", type=float, default=0.2, help="Label smoothing of both contrastive cross-entropies, in [0, 1) (default: 0.2, which lifted the unseen-style score in the README's tries).")
-    p.add_argument("--alias-probability", type=float, default=0.25, help="How often a training emoji with aliases (short codes such as 'joy' for 'face with tears of joy') is paired with one instead of its name; 0 trains on the names only (default: 0.25).")
+    p.add_argument("--alias-probability", type=float, default=0.25, help="How often a training emoji with aliases (short codes such as 'joy' for 'face with tears of joy') is paired with one instead of its name (default: 0, the names only; 0.25 moved neither test beyond one run's spread in the README's tries).")
     p.add_argument("--seed", type=int, default=0, help="Random seed, also of the concept hold-out (default: 0).")
     p.add_argument("--output-dir", default="outputs/demo", help="Where clip.keras, metrics.json and the figures go (default: outputs/demo).")
     p.set_defaults(func=demo)

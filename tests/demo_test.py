@@ -56,13 +56,14 @@ def test_demo_trains_evaluates_and_saves(tmp_path, capsys):
         preset="tiny-resnet",
         downscale=0.25,
         color_jitter=0.0,
+        alias_probability=0.25,
     )
     # Under the clock, one line per epoch with the time spent against the
     # budget, not Keras's "Epoch k/1000".
     out = capsys.readouterr().out
     assert "epoch   1 - 0:" in out and " / 0:15 - loss " in out and "/1000" not in out
     # The training emoji's aliases join their names as captions.
-    aliases = int(re.search(r"\(([\d,]+) aliases\)", out).group(1).replace(",", ""))
+    aliases = int(re.search(r"\(and ([\d,]+) aliases\)", out).group(1).replace(",", ""))
     assert aliases > 1000
     held = metrics["heldout"]
     assert held["classes"] > 300 and held["chance_top1"] == 1.0 / held["classes"]
@@ -82,7 +83,7 @@ def test_demo_trains_evaluates_and_saves(tmp_path, capsys):
     defaults = inspect.signature(demo.run).parameters
     assert recipe["label_smoothing"] == defaults["label_smoothing"].default
     assert recipe["crop_scale"] == list(defaults["crop_scale"].default)
-    assert recipe["alias_probability"] == defaults["alias_probability"].default
+    assert recipe["alias_probability"] == 0.25
     for name in ("training_curves", "similarity", "heldout_predictions"):
         with Image.open(metrics["outputs"][name]) as png:
             assert png.format == "PNG" and min(png.size) > 100, name
