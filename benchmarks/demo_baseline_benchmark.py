@@ -142,12 +142,9 @@ def run_baseline(minutes, image_size, epochs, seed=0, batch_size=128, alias_prob
     keras.utils.set_random_seed(seed)
     train = emoji.load_twemoji(image_size=image_size, split="train", seed=seed)
     heldout = emoji.load_twemoji(image_size=image_size, split="heldout", seed=seed)
-    # The demo's captions: each name, then its aliases (drawn as the demo does).
-    captions = [[c] + (a if alias_probability else [])
-                for c, a in zip(train.captions, emoji.aliases(train))]
-    vocab = WordVocabulary([c for row in captions for c in row])
-    if not alias_probability:
-        captions = train.captions
+    # The demo's captions: the names, or each name and its aliases.
+    captions, texts, draw = demo.training_captions(train, alias_probability)
+    vocab = WordVocabulary(texts)
     steps = len(train) // batch_size
     model = BagOfWordsCLIP(vocab.size)
     if epochs is None:  # as the demo: the cosine spread over the time budget
@@ -163,7 +160,7 @@ def run_baseline(minutes, image_size, epochs, seed=0, batch_size=128, alias_prob
     ds = data.from_arrays(
         train.images, captions, lambda t: _word_ids(vocab, t), batch_size,
         image_size=image_size, training=True, crop_scale=(0.8, 1.0), rotation=10.0, seed=seed,
-        first_caption_probability=(1.0 - alias_probability) if alias_probability else None,
+        **draw,
     )
     start = time.time()
     history = model.fit(ds.repeat(), steps_per_epoch=steps, shuffle=False, epochs=max_epochs,

@@ -87,6 +87,17 @@ def build_model(tokenizer, image_size, preset, **overrides):
     )
 
 
+def training_captions(train, alias_probability):
+    """What `data.from_arrays` trains on, the texts to learn a vocabulary
+    from, and its caption-drawing option: the names alone, or (when
+    `alias_probability` > 0) each name first, then its aliases."""
+    if not alias_probability:
+        return train.captions, train.captions, {}
+    captions = [[c] + a for c, a in zip(train.captions, emoji.aliases(train))]
+    texts = [c for row in captions for c in row]
+    return captions, texts, {"first_caption_probability": 1.0 - alias_probability}
+
+
 def zero_shot_scores(model, images, captions, concept_ids=None, return_probabilities=False):
     """Top-1 / top-5 of each image among `captions` (its own is the label).
 
@@ -190,14 +201,7 @@ def run(
     keras.utils.set_random_seed(seed)
     train = emoji.load_twemoji(image_size=image_size, split="train", seed=seed)
     heldout = emoji.load_twemoji(image_size=image_size, split="heldout", seed=seed)
-    if alias_probability:
-        # Each training image's captions: its name first, then its aliases.
-        captions = [[c] + a for c, a in zip(train.captions, emoji.aliases(train))]
-        texts = [c for row in captions for c in row]
-        draw = {"first_caption_probability": 1.0 - alias_probability}
-    else:
-        captions = texts = train.captions
-        draw = {}
+    captions, texts, draw = training_captions(train, alias_probability)
     longest = max(len(c.split()) for c in texts)
     tokenizer = CLIPTokenizer.train(
         texts,
