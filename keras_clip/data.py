@@ -254,6 +254,11 @@ def from_arrays(
     """
     check_sharding(num_shards, shard_index)
     several = any(isinstance(c, (list, tuple)) for c in captions)
+    if first_caption_probability is not None and not 0.0 <= first_caption_probability <= 1.0:
+        raise ValueError(
+            "Expected `first_caption_probability` in [0, 1]. Received: "
+            f"{first_caption_probability}"
+        )
     if several:
         choices = [_caption_choices(c, i) for i, c in enumerate(captions)]
         every = [c for row in choices for c in row]
@@ -325,11 +330,6 @@ def _draw_captions(rows, first_probability, seed):
     with that probability and one of the others uniformly (the first when
     there are no others).
     """
-    if first_probability is not None and not 0.0 <= first_probability <= 1.0:
-        raise ValueError(
-            "Expected `first_caption_probability` in [0, 1]. Received: "
-            f"{first_probability}"
-        )
     # Not `seed` itself: the augmentation draws from that stream.
     seed = None if seed is None else seed + 1
     draws = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
