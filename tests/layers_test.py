@@ -388,6 +388,65 @@ def test_text_tower_equals_keras_ops_path_with_gradients(monkeypatch, dtype):
     assert keras.backend.standardize_dtype(tower(ids).dtype) == tower.compute_dtype
 
 
+@pytest.mark.parametrize("dtype", ["float32", "mixed_bfloat16"])
+def test_transformer_gradient_boundaries_change_no_value_or_gradient(monkeypatch, dtype):
+    # JAX's CPU path passes the residual stream's gradient through an
+    # identity matmul between blocks (`gradient_boundary`); outputs and
+    # every gradient must equal plain autodiff's without it.
+    rng = np.random.default_rng(17)
+    stack = Transformer(16, 3, 2, causal=True, dtype=dtype)
+    stack.build((2, 5, 16))
+    randomize(stack)
+    x = rng.standard_normal((2, 5, 16)).astype("float32")
+    dy = rng.standard_normal((2, 5, 16)).astype("float32")
+    got = _block_grads(stack, stack, x, dy)
+    monkeypatch.setattr(clip_layers, "JAX_CPU_GRADIENT_BOUNDARIES", False)
+    expected = _block_grads(stack, stack, x, dy)
+    names = ["output", "input"] + [v.path for v in stack.trainable_variables]
+    assert len(got) == len(names) == 2 + 3 * 12
+    tol = 1e-2 if dtype == "mixed_bfloat16" else 1e-6
+    for name, a, b in zip(names, got, expected):
+        scale = max(1.0, float(np.abs(b).max()))
+        np.testing.assert_allclose(a, b, atol=tol * scale, rtol=tol, err_msg=name)
+
+
+def test_gradient_boundary_is_in_the_jax_cpu_program_only():
+    x = np.arange(2 * 3 * 32, dtype="float32").reshape(2, 3, 32)
+    if keras.backend.backend() != "jax":
+        assert clip_layers.gradient_boundary(x) is x
+        return
+    import jax
+
+    stack = Transformer(32, 2, 2)
+    stack.build(x.shape)
+
+    def dots(boundaries):
+        clip_layers.JAX_CPU_GRADIENT_BOUNDARIES = boundaries
+        try:
+            def loss(values, x):
+                mapping = list(zip(stack.trainable_variables, values))
+                with keras.StatelessScope(state_mapping=mapping):
+                    return stack(x).sum()
+
+            values = [v.value for v in stack.trainable_variables]
+            text = jax.jit(jax.grad(loss, argnums=1)).lower(values, x).as_text()
+        finally:
+            clip_layers.JAX_CPU_GRADIENT_BOUNDARIES = True
+        return text.count("dot_general")
+
+    added = dots(True) - dots(False)
+    # One identity matmul per block on the CPU; none on other devices.
+    assert added == (2 if jax.default_backend() == "cpu" else 0)
+    # The identity itself is exact, its gradient too, in any dtype.
+    for dtype in ("float32", "bfloat16"):
+        value = jax.numpy.asarray(x, dtype)
+        out, pullback = jax.vjp(clip_layers.gradient_boundary, value)
+        np.testing.assert_array_equal(np.asarray(out, "float32"), np.asarray(value, "float32"))
+        (grad,) = pullback(value * 3)
+        assert grad.dtype == value.dtype
+        np.testing.assert_array_equal(np.asarray(grad, "float32"), np.asarray(value * 3, "float32"))
+
+
 def test_attention_pool_equals_keras_ops_path_with_gradients(monkeypatch):
     rng = np.random.default_rng(16)
     pool = AttentionPool2d(3, 8, 2, 6)
