@@ -28,7 +28,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
         os.environ.setdefault(name, "1")
     os.environ["XLA_FLAGS"] = (
         os.environ.get("XLA_FLAGS", "")
-        + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+        + " --xla_cpu_multi_thread_eigen=false"
     ).strip()
 
 # PyPI's torchvision is a CUDA build that fails to import beside the CPU

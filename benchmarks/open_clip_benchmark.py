@@ -356,7 +356,7 @@ def run_worker(impl, preset, args):
                JAX_THREEFRY_PARTITIONABLE="false", HF_HUB_OFFLINE="1",
                PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])),
                OMP_NUM_THREADS=str(args.threads),
-               XLA_FLAGS=f"--xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads={args.threads}")
+               XLA_FLAGS="--xla_cpu_multi_thread_eigen=true")
     cmd = [sys.executable, __file__, "--worker", impl, preset, "--steps", str(args.steps),
            "--threads", str(args.threads), "--device", args.device]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)

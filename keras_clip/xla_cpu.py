@@ -8,12 +8,13 @@ per setting); RN50's training step went 6.0 -> 4.7 s with YNNPACK's
 convolutions off and its matmuls, reductions and elementwise fusions kept.
 
 XLA reads `XLA_FLAGS` once, when JAX creates its CPU client, so `apply()`
-runs when `keras_clip` is imported, before any computation. It only appends
-`-LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION` to XLA_FLAGS when:
+runs when `keras_clip` is imported, before any computation. It only puts
+`-LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION` first in XLA_FLAGS when:
 - Keras's backend is JAX;
 - the installed jaxlib is a version where the flag was measured (0.10.x):
   XLA aborts on a flag it does not know;
-- XLA_FLAGS does not already choose YNNPACK's fusion types (yours win);
+- XLA_FLAGS does not already choose YNNPACK's fusion types (yours win)
+  and is not the name of a flags file;
 - KERAS_CLIP_XLA_CPU_DEFAULTS is not "0" (the opt-out).
 The flag is a CPU one: on a GPU it changes nothing. TensorFlow's XLA (2.21)
 accepts it too, should the same process also compile with TF's XLA.
@@ -31,10 +32,15 @@ def flags_to_add(environ, backend, jaxlib_version):
         return None
     if not jaxlib_version.startswith(_MEASURED_JAXLIB):
         return None
-    current = environ.get("XLA_FLAGS", "")
+    current = environ.get("XLA_FLAGS", "").strip()
     if "xla_cpu_experimental_ynn_fusion_type" in current:
         return None
-    return f"{current} {FLAG}".strip()
+    if current and not current.startswith("--"):
+        return None  # XLA reads a value not starting with "--" as a file of flags
+    # First: XLA stops reading at a token that is not a flag (the common
+    # "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+    # has one), so an appended flag could be silently ignored.
+    return f"{FLAG} {current}".strip()
 
 
 def apply():

@@ -18,7 +18,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     [
         ({}, "jax", "0.10.2", xla_cpu.FLAG),
         ({"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}, "jax", "0.10.2",
-         "--xla_force_host_platform_device_count=4 " + xla_cpu.FLAG),
+         xla_cpu.FLAG + " --xla_force_host_platform_device_count=4"),
+        # First, ahead of a stray non-flag token (XLA stops reading there).
+        ({"XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"},
+         "jax", "0.10.2",
+         xla_cpu.FLAG + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"),
+        # A value not starting with "--" names a flags file: left alone.
+        ({"XLA_FLAGS": "/etc/xla_flags"}, "jax", "0.10.2", None),
         # The user's own choice of YNNPACK fusion types wins.
         ({"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT"},
          "jax", "0.10.2", None),
@@ -70,6 +76,10 @@ def test_import_takes_convolutions_off_ynnpack_on_jax_cpu():
     default = _compiled_convolution_hlo({})
     assert xla_cpu.FLAG in default.splitlines()[0]
     assert not _convolution_in_ynn_fusion(default)
+    # Read even behind a token XLA stops at, as in a common threads recipe.
+    stray = _compiled_convolution_hlo(
+        {"XLA_FLAGS": "--xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads=2"})
+    assert not _convolution_in_ynn_fusion(stray)
     # The opt-out leaves XLA's default, where YNNPACK runs the convolution:
     # what the flag changes, so this test can tell.
     opted_out = _compiled_convolution_hlo({"KERAS_CLIP_XLA_CPU_DEFAULTS": "0"})
