@@ -1,5 +1,6 @@
 """Layers shared by the CLIP towers: activation, attention, transformer."""
 
+import functools
 import math
 
 import keras
@@ -30,6 +31,7 @@ def get_activation(name):
 
 
 _TORCH = keras.backend.backend() == "torch"
+_JAX = keras.backend.backend() == "jax"
 # Torch only: run each built transformer block as direct
 # `torch.nn.functional` calls (`ResidualAttentionBlock._torch_fused`).
 # Module-level so tests can compare it with the Keras-ops path.
@@ -118,7 +120,6 @@ def sublayer(layer, *args, **kwargs):
     return layer(*args, **kwargs)
 
 
-_JAX = keras.backend.backend() == "jax"
 # JAX only: pass each residual stream's gradient through a non-fusible op
 # between blocks on the CPU (`gradient_boundary`). Module-level so tests and
 # benchmarks can compare both paths.
@@ -147,6 +148,7 @@ def _boundary_identity(g):
     return out.reshape(g.shape)
 
 
+@functools.lru_cache(maxsize=None)
 def _make_gradient_boundary():
     import jax
 
@@ -164,9 +166,6 @@ def _make_gradient_boundary():
     return boundary
 
 
-_gradient_boundary = None
-
-
 def gradient_boundary(x):
     """Identity whose gradient is materialised once, on JAX's CPU backend.
 
@@ -181,16 +180,13 @@ def gradient_boundary(x):
     a tiny identity matmul, which XLA does not fuse. Forward values and
     gradients are unchanged; other backends and devices return `x` as is.
     """
-    global _gradient_boundary
     if not (_JAX and JAX_CPU_GRADIENT_BOUNDARIES):
         return x
     import jax
 
     if jax.default_backend() != "cpu":
         return x
-    if _gradient_boundary is None:
-        _gradient_boundary = _make_gradient_boundary()
-    return _gradient_boundary(x)
+    return _make_gradient_boundary()(x)
 
 
 def normal(stddev):

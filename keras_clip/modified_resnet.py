@@ -128,7 +128,6 @@ def _torch_fusable(convs, norms):
 # JAX only: run the blocks' 1x1 convolutions as matrix products
 # (`_pointwise`). Module-level so tests and benchmarks can compare paths.
 JAX_POINTWISE_MATMUL = True
-_JAX = keras.backend.backend() == "jax"
 
 
 def _pointwise(conv, x):
@@ -141,7 +140,7 @@ def _pointwise(conv, x):
     through the parent's autocast scope, as `Conv2D.call` reads it. Other
     backends, and convolutions with LoRA or quantization, call the layer.
     """
-    if _JAX and JAX_POINTWISE_MATMUL and clip_layers.plain_built([conv]):
+    if clip_layers._JAX and JAX_POINTWISE_MATMUL and clip_layers.plain_built([conv]):
         return ops.matmul(x, conv.kernel[0, 0])
     return sublayer(conv, x)
 

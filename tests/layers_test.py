@@ -410,7 +410,7 @@ def test_transformer_gradient_boundaries_change_no_value_or_gradient(monkeypatch
         np.testing.assert_allclose(a, b, atol=tol * scale, rtol=tol, err_msg=name)
 
 
-def test_gradient_boundary_is_in_the_jax_cpu_program_only():
+def test_gradient_boundary_is_in_the_jax_cpu_program_only(monkeypatch):
     x = np.arange(2 * 3 * 32, dtype="float32").reshape(2, 3, 32)
     if keras.backend.backend() != "jax":
         assert clip_layers.gradient_boundary(x) is x
@@ -421,20 +421,18 @@ def test_gradient_boundary_is_in_the_jax_cpu_program_only():
     stack.build(x.shape)
 
     def dots(boundaries):
-        clip_layers.JAX_CPU_GRADIENT_BOUNDARIES = boundaries
-        try:
-            def loss(values, x):
-                mapping = list(zip(stack.trainable_variables, values))
-                with keras.StatelessScope(state_mapping=mapping):
-                    return stack(x).sum()
+        monkeypatch.setattr(clip_layers, "JAX_CPU_GRADIENT_BOUNDARIES", boundaries)
 
-            values = [v.value for v in stack.trainable_variables]
-            text = jax.jit(jax.grad(loss, argnums=1)).lower(values, x).as_text()
-        finally:
-            clip_layers.JAX_CPU_GRADIENT_BOUNDARIES = True
-        return text.count("dot_general")
+        def loss(values, x):
+            mapping = list(zip(stack.trainable_variables, values))
+            with keras.StatelessScope(state_mapping=mapping):
+                return stack(x).sum()
+
+        values = [v.value for v in stack.trainable_variables]
+        return jax.jit(jax.grad(loss, argnums=1)).lower(values, x).as_text().count("dot_general")
 
     added = dots(True) - dots(False)
+    monkeypatch.setattr(clip_layers, "JAX_CPU_GRADIENT_BOUNDARIES", True)
     # One identity matmul per block on the CPU; none on other devices.
     assert added == (2 if jax.default_backend() == "cpu" else 0)
     # The identity itself is exact, its gradient too, in any dtype.
