@@ -148,6 +148,37 @@ def test_compiled_encoders_follow_the_weights_and_match_eager(name):
     assert np.abs(image - before).max() > 1e-3
 
 
+def test_tf_encoders_use_xla_unless_jit_compile_false_is_asked_for():
+    # Keras's "auto" resolves to False on CPU-only TF; the encoders still
+    # use XLA then, and stop only when jit_compile=False is asked for, by
+    # compile() or by setting the attribute (even where the value it
+    # replaces is already False).
+    model = keras_clip.CLIPModel.from_preset("tiny-vit")
+    images, ids = synthetic_pairs(model.config, 3)
+    assert model._tf_encoder_xla()
+    model.compile(optimizer="sgd")
+    assert model._tf_encoder_xla()
+    assert model.get_compile_config()["jit_compile"] == "auto"
+    xla_image, xla_text = to_np(model.encode_image(images)), to_np(model.encode_text(ids))
+    model.jit_compile = False
+    assert not model._tf_encoder_xla() and not model.jit_compile
+    plain_image, plain_text = to_np(model.encode_image(images)), to_np(model.encode_text(ids))
+    model.compile(optimizer="sgd", jit_compile=True)
+    assert model._tf_encoder_xla()
+    model.compile(optimizer="sgd", jit_compile=False)
+    assert not model._tf_encoder_xla()
+    assert model.get_compile_config()["jit_compile"] is False
+    if keras.backend.backend() == "tensorflow":
+        assert {k[2] for k in model.__dict__["_compiled_encoders"]} == {True, False}
+    # Both programs against the eager layers.
+    model.run_eagerly = True
+    eager_image, eager_text = to_np(model.encode_image(images)), to_np(model.encode_text(ids))
+    for got in (xla_image, plain_image):
+        np.testing.assert_allclose(got, eager_image, atol=1e-5)
+    for got in (xla_text, plain_text):
+        np.testing.assert_allclose(got, eager_text, atol=1e-5)
+
+
 def test_shorter_token_sequences_match_padded_ones():
     model = keras_clip.CLIPModel.from_preset("tiny-vit")
     _, ids = synthetic_pairs(model.config, 2)

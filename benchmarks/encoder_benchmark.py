@@ -1,0 +1,141 @@
+"""Inference on TensorFlow or JAX: keras_clip's compiled encoders against
+open_clip, in one process, rounds alternating.
+
+`encode_image` / `encode_text` run as one compiled program: `jax.jit` on
+JAX, a `tf.function` on TF. Keras's `jit_compile="auto"` keeps XLA off on
+TF when there are only CPUs; keras_clip's encoders use XLA there anyway
+unless `jit_compile=False` is asked for (`CLIPModel._tf_encoder_xla`), so
+under TF the script times both programs of the same model (the second
+copy set to `jit_compile = False`). open_clip's `CLIP`, built from the same
+config, runs under `torch.no_grad()` in the same process, rounds
+alternating (this machine is shared and noisy: compare columns of a row,
+not rows of different runs). Embeddings come back as NumPy on every side.
+(Torch's own eager paths: `torch_eager_benchmark.py`.)
+
+Prints a Markdown table: the first call of each input shape (tracing and
+compilation; open_clip has none), then the median per call and the speed
+against open_clip (> 1: faster).
+
+    KERAS_BACKEND=tensorflow python benchmarks/encoder_benchmark.py [--cases tiny-vit:32 demo-resnet:32] [--rounds 5]
+    KERAS_BACKEND=jax python benchmarks/encoder_benchmark.py
+"""
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+import types
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+if os.environ["KERAS_BACKEND"] not in ("tensorflow", "jax"):
+    sys.exit("encoder_benchmark.py runs under KERAS_BACKEND=tensorflow or jax "
+             f"(got {os.environ['KERAS_BACKEND']!r}; torch: torch_eager_benchmark.py)")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# PyPI's torchvision is a CUDA build that fails to import beside the CPU
+# torch; an empty `_meta_registrations` lets open_clip import (as in the
+# tests' conftest.py).
+sys.modules.setdefault("torchvision._meta_registrations",
+                       types.ModuleType("torchvision._meta_registrations"))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from benchmarks.open_clip_benchmark import random_pairs  # noqa: E402
+from benchmarks.torch_eager_benchmark import open_clip_side  # noqa: E402
+from keras_clip.model import CLIPModel  # noqa: E402
+
+BACKEND = keras.backend.backend()
+if BACKEND == "tensorflow":
+    SIDES = ("open_clip", "keras_clip TF, XLA (default)", "keras_clip TF, no XLA")
+else:
+    SIDES = ("open_clip", "keras_clip JAX")
+
+
+def keras_encoders(model, images, ids):
+    def encoders(n):
+        xi = keras.ops.convert_to_tensor(np.repeat(images[:1], n, axis=0))
+        xt = keras.ops.convert_to_tensor(np.repeat(ids[:1], n, axis=0))
+
+        def image():
+            return keras.ops.convert_to_numpy(model.encode_image(xi))
+
+        def text():
+            return keras.ops.convert_to_numpy(model.encode_text(xt))
+
+        return image, text
+
+    return encoders
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--cases", nargs="+", default=["tiny-vit:32", "demo-resnet:32"],
+                        help="preset:larger batch (the smaller is 1)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=20, help="calls per round and side")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+        versions = f"tensorflow {tf.__version__}"
+    else:
+        import jax
+
+        versions = f"jax {jax.__version__} (all cores: {os.cpu_count()})"
+    rows = []
+    for case in args.cases:
+        preset, batch = case.split(":")
+        batch = int(batch)
+        keras.utils.set_random_seed(0)
+        model = CLIPModel.from_preset(preset)
+        images, ids = random_pairs(model.config, batch)
+        sides = {SIDES[0]: open_clip_side(model.config, images, ids)[1],
+                 SIDES[1]: keras_encoders(model, images, ids)}
+        if BACKEND == "tensorflow":
+            # The same weights in a second model whose encoders run without XLA.
+            plain = CLIPModel.from_preset(preset)
+            plain.set_weights(model.get_weights())
+            plain.jit_compile = False
+            sides[SIDES[2]] = keras_encoders(plain, images, ids)
+        jobs, first = {}, {}
+        for name, encoders in sides.items():
+            for n in (1, batch):
+                jobs[name, f"image b{n}"], jobs[name, f"text b{n}"] = encoders(n)
+        for key, fn in jobs.items():  # first call: tracing and compilation
+            start = time.perf_counter()
+            fn()
+            first[key] = time.perf_counter() - start
+            fn()
+        times = {key: [] for key in jobs}
+        for _ in range(args.rounds):
+            for key, fn in jobs.items():
+                start = time.perf_counter()
+                for _ in range(args.repeats):
+                    fn()
+                times[key].append((time.perf_counter() - start) / args.repeats)
+        for what in ("image b1", f"image b{batch}", "text b1", f"text b{batch}"):
+            ms = {name: 1e3 * statistics.median(times[name, what]) for name in SIDES}
+            ref = ms["open_clip"]
+            cells = " | ".join(f"{ms[name]:.2f} ({ref / ms[name]:.2f}x)" for name in SIDES)
+            firsts = " / ".join(f"{first[name, what]:.2f}" for name in SIDES[1:])
+            rows.append(f"| {preset} | {what} | {firsts} | {cells} |")
+    print(f"\nMachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"{args.threads} threads for torch and TF; {versions}, "
+          f"torch {torch.__version__}, keras {keras.__version__}; median of {args.rounds} "
+          f"rounds of {args.repeats} calls, sides alternating; ms (speed vs open_clip).\n")
+    first_label = "first call s (XLA / no XLA)" if BACKEND == "tensorflow" else "first call s"
+    print(f"| case | what | {first_label} | " + " | ".join(SIDES) + " |")
+    print("|---|---|---:|" + "---:|" * len(SIDES))
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
