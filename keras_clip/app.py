@@ -155,6 +155,7 @@ def run_train(
     seed=0,
     resume=True,
     verbose="auto",
+    jit_compile="auto",
 ):
     """`keras-clip train`: see `keras-clip train --help` for every argument."""
     from keras_clip.callbacks import ZeroShotEvaluation
@@ -242,7 +243,7 @@ def run_train(
         callbacks.append(_RetrievalWithModelTokenizer(val, every_n_epochs=val_every))
     model, status = training.train(
         build_model, make_dataset, output_dir, epochs, steps_per_epoch,
-        callbacks=callbacks, verbose=verbose, resume=resume,
+        callbacks=callbacks, verbose=verbose, resume=resume, jit_compile=jit_compile,
     )
     history = training.read_history(output_dir)
     outputs = {"checkpoint": os.path.join(output_dir, training.CHECKPOINT)}

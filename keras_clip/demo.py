@@ -195,6 +195,7 @@ def run(
         "grayscale": grayscale, "downscale": downscale,
         "alias_probability": alias_probability,
         "model_overrides": dict(model_overrides or {}),
+        "jit_compile": jit_compile,
     }
     if not 0.0 <= alias_probability <= 1.0:
         raise ValueError(f"Expected `alias_probability` in [0, 1]. Received: {alias_probability}")

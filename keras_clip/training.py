@@ -151,6 +151,25 @@ def read_history(output_dir):
     return {k: v for k, v in history.items() if not all(np.isnan(v))}
 
 
+def set_jit_compile(model, value):
+    """Sets a compiled model's `jit_compile` as `compile(jit_compile=value)`
+    would ("auto" resolved per backend and device), keeping its optimizer
+    state; a `CLIPModel` records what was asked for (its encoders and saved
+    file follow it)."""
+    if value not in ("auto", True, False):
+        raise ValueError(
+            f"Expected jit_compile to be 'auto', True or False. Received: {value!r}"
+        )
+    resolved = model._resolve_auto_jit_compile() if value == "auto" else value
+    model.jit_compile = resolved
+    if hasattr(model, "_requested_jit_compile"):
+        model._requested_jit_compile = value
+    # A train function built before follows the old setting; rebuild it.
+    model.train_function = None
+    model.test_function = None
+    model.predict_function = None
+
+
 def train(
     build_model,
     make_dataset,
@@ -160,6 +179,7 @@ def train(
     callbacks=(),
     verbose="auto",
     resume=True,
+    jit_compile=None,
 ):
     """Trains into `output_dir`, resuming from its checkpoint when there is one.
 
@@ -177,6 +197,9 @@ def train(
         callbacks: further Keras callbacks.
         verbose: passed to `fit` (progress bar with "auto" on a terminal).
         resume: bool; `False` starts over even if a checkpoint exists.
+        jit_compile: `None` keeps the model's own setting (a resumed run:
+            the checkpoint's); `"auto"`, `True` or `False` sets it for this
+            run, as `compile(jit_compile=...)` would.
 
     Returns:
         `(model, status)`: status is `"complete"`, or `"interrupted"` when a
@@ -198,6 +221,8 @@ def train(
             os.remove(os.path.join(output_dir, HISTORY))
         model = build_model()
         step = 0
+    if jit_compile is not None:
+        set_jit_compile(model, jit_compile)
     total = epochs * steps_per_epoch
     if step >= total:
         print(f"Training already complete ({step:,} of {total:,} steps).")

@@ -191,3 +191,30 @@ def test_bad_arguments_name_what_was_expected(workspace, tmp_path):
         app.load_model(str(tmp_path / "missing.keras"))
     with pytest.raises(ValueError, match="dataset type"):
         app.dataset_type(["data.parquet"])
+
+
+def test_demo_command_defaults_are_the_demo_defaults():
+    # `make demo` runs `keras-clip demo`: its defaults must be the recipe
+    # that `demo.run` (and the README's measurements) use.
+    import inspect
+
+    from keras_clip import demo as demo_app
+
+    args = vars(keras_clip_cli.build_parser().parse_args(["demo"]))
+    defaults = inspect.signature(demo_app.run).parameters
+    shared = [name for name in args if name in defaults]
+    assert len(shared) >= 10
+    for name in shared:
+        assert args[name] == defaults[name].default, name
+
+
+def test_jit_compile_option_parses_and_rejects_other_words(capsys):
+    parser = keras_clip_cli.build_parser()
+    base = ["train", "--train-data", "x.csv", "--output-dir", "out"]
+    for word, value in (("auto", "auto"), ("true", True), ("False", False)):
+        assert parser.parse_args([*base, "--jit-compile", word]).jit_compile == value
+    assert parser.parse_args(base).jit_compile == "auto"
+    assert parser.parse_args(["demo", "--jit-compile", "true"]).jit_compile is True
+    with pytest.raises(SystemExit):
+        parser.parse_args([*base, "--jit-compile", "yes"])
+    assert "expected auto, true or false, got 'yes'" in capsys.readouterr().err

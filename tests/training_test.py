@@ -120,3 +120,23 @@ def test_a_different_run_would_differ(tmp_path):
 def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="steps_per_epoch >= 1"):
         training.train(build_model, make_dataset, str(tmp_path), 1, 0)
+
+
+@pytest.mark.parametrize("value", ["auto", True, False])
+def test_set_jit_compile_acts_as_compile_would_and_keeps_the_optimizer(value):
+    # The reference: a fresh model compiled with the same value.
+    reference = build_model()
+    reference.compile(optimizer="sgd", jit_compile=value)
+    model = build_model()
+    model.fit(batch(), batch_size=8, epochs=1, verbose=0)
+    iterations = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+    flip = value is not True  # start from the other setting, so a no-op fails
+    model.jit_compile = flip
+    training.set_jit_compile(model, value)
+    assert model.jit_compile == reference.jit_compile
+    assert model._tf_encoder_xla() == reference._tf_encoder_xla()
+    assert model.get_compile_config()["jit_compile"] == value
+    assert model.train_function is None
+    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == iterations == 1
+    with pytest.raises(ValueError, match="'auto', True or False"):
+        training.set_jit_compile(model, "yes")
