@@ -373,11 +373,11 @@ class CLIPModel(keras.Model):
         Yes unless `jit_compile=False` was asked for, through `compile` or
         by setting `model.jit_compile`. Keras's "auto" turns XLA off on
         machines with only CPUs, for `fit` and `predict`; the encoders run
-        inference only, where XLA on this 2-core CPU was 1.3-2x faster for
-        the small models (tiny-vit batch 32: 6.0 -> 3.4 ms, images and
-        text alike) and level or faster for ViT-B/32 and RN50, for 0.5-2 s
-        more compilation per input shape (README, "Performance against
-        open_clip").
+        inference only, where XLA on this 2-core CPU was 1.1-2.8x faster for
+        the small models (tiny-vit batch 32: 6.0 -> 3.1 ms images, 5.7 ->
+        2.7 ms text) and mostly level or faster for ViT-B/32 and RN50, for
+        0.5-2 s more compilation per input shape (README, "Performance
+        against open_clip").
         """
         requested = getattr(self, "_requested_jit_compile", "auto")
         return True if requested == "auto" else bool(requested)

@@ -161,6 +161,8 @@ def set_jit_compile(model, value):
             f"Expected jit_compile to be 'auto', True or False. Received: {value!r}"
         )
     resolved = model._resolve_auto_jit_compile() if value == "auto" else value
+    if model.run_eagerly:
+        resolved = False  # as compile() does: eager steps cannot be jitted
     model.jit_compile = resolved
     if hasattr(model, "_requested_jit_compile"):
         model._requested_jit_compile = value
