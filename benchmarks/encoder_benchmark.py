@@ -44,7 +44,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.open_clip_benchmark import random_pairs  # noqa: E402
+from benchmarks.open_clip_benchmark import alternating_rounds, random_pairs  # noqa: E402
 from benchmarks.torch_eager_benchmark import open_clip_side  # noqa: E402
 from keras_clip.model import CLIPModel  # noqa: E402
 
@@ -114,13 +114,7 @@ def main():
             fn()
             first[key] = time.perf_counter() - start
             fn()
-        times = {key: [] for key in jobs}
-        for _ in range(args.rounds):
-            for key, fn in jobs.items():
-                start = time.perf_counter()
-                for _ in range(args.repeats):
-                    fn()
-                times[key].append((time.perf_counter() - start) / args.repeats)
+        times = alternating_rounds(jobs, args.rounds, lambda key: args.repeats)
         for what in ("image b1", f"image b{batch}", "text b1", f"text b{batch}"):
             ms = {name: 1e3 * statistics.median(times[name, what]) for name in SIDES}
             ref = ms["open_clip"]

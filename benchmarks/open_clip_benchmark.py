@@ -83,6 +83,22 @@ def timed(fn, steps):
     return times
 
 
+def alternating_rounds(jobs, rounds, calls):
+    """Per-call times of each job in `jobs` (key -> function), `rounds`
+    rounds with the jobs taking turns, `calls(key)` calls per job and round
+    (a machine's slow spell then hits every side alike). Returns key -> list
+    of seconds per call, one entry per round."""
+    times = {key: [] for key in jobs}
+    for _ in range(rounds):
+        for key, fn in jobs.items():
+            n = calls(key)
+            start = time.perf_counter()
+            for _ in range(n):
+                fn()
+            times[key].append((time.perf_counter() - start) / n)
+    return times
+
+
 def per_call(fn, rounds=5, round_s=0.1):
     """Median time per call over `rounds` rounds, each of as many calls as
     fill about `round_s` seconds: a single call of a small model takes a

@@ -27,7 +27,6 @@ import os
 import platform
 import statistics
 import sys
-import time
 import types
 
 os.environ["KERAS_BACKEND"] = "torch"
@@ -43,7 +42,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.open_clip_benchmark import random_pairs  # noqa: E402
+from benchmarks.open_clip_benchmark import alternating_rounds, random_pairs  # noqa: E402
 from keras_clip import layers as clip_layers  # noqa: E402
 from keras_clip import make_optimizer  # noqa: E402
 from keras_clip.model import CLIPModel  # noqa: E402
@@ -146,14 +145,9 @@ def main():
                 jobs[name, f"image b{n}"], jobs[name, f"text b{n}"] = encoders(n)
         for fn in jobs.values():  # warm-up: first calls build and allocate
             fn(), fn()
-        times = {key: [] for key in jobs}
-        for _ in range(args.rounds):
-            for key, fn in jobs.items():
-                calls = max(1, args.repeats // 5) if key[1] == "train" else args.repeats
-                start = time.perf_counter()
-                for _ in range(calls):
-                    fn()
-                times[key].append((time.perf_counter() - start) / calls)
+        times = alternating_rounds(
+            jobs, args.rounds,
+            lambda key: max(1, args.repeats // 5) if key[1] == "train" else args.repeats)
         for what in ("train", "image b1", "image b32", "text b1", "text b32"):
             ms = {name: 1e3 * statistics.median(times[name, what]) for name in SIDES}
             ref = ms["open_clip"]
