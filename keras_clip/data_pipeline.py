@@ -15,7 +15,9 @@ iterator over the same dataset cannot disturb them:
    bad caption; the file is read here), a `scan` counts each reason and the
    bad samples are dropped;
 3. a parallel map decodes and transforms the rest; `ignore_errors` drops
-   the ones that fail (truncated or corrupt data);
+   the ones that fail (truncated or corrupt data). Training on an in-memory
+   array batches first and augments whole batches
+   (`augment.train_transform_batch`): nothing there can fail to decode;
 4. after batching and tokenizing, a one-batch look-ahead `scan`, the last
    stage, counts decoded samples. When the marker arrives it closes the pass
    (`decode_error = passed checks - decoded`, plus any sample lost in step
@@ -318,12 +320,27 @@ def build_pipeline(
         pixels = tf.cond(is_end, lambda: tf.zeros([size, size, 3]), decoded)
         return pixels, caption, is_end, tally
 
+    def transform_batch(samples, batch_seeds):
+        # In-memory arrays of one shape cannot fail to decode: augment whole
+        # batches in batched ops (`augment.train_transform_batch`), one op
+        # per batch instead of one per image. The end marker is augmented
+        # too and dropped by the look-ahead, as in the per-image path.
+        images, captions, reasons, tally = samples
+        pixels = augment.train_transform_batch(
+            images, size, crop_scale, crop_ratio, rotation, batch_seeds[0],
+            jitter=color_jitter, grayscale=grayscale, downscale=downscale,
+        )
+        return pixels, captions, tf.equal(reasons, END), tally
+
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
     ds = tf.data.Dataset.zip(ds, seeds.batch(2))
-    ds = ds.map(plain(transform), **parallel).ignore_errors()
-
-    # 4. Batch (the marker rides in the last batch), tokenize, look ahead.
-    ds = ds.batch(batch_size)
+    if image_kind == "array" and training and raw.element_spec[0].shape.is_fully_defined():
+        # 3-4. Batch (the marker rides in the last batch), then augment.
+        ds = ds.batch(batch_size).map(plain(transform_batch), **parallel)
+    else:
+        ds = ds.map(plain(transform), **parallel).ignore_errors()
+        # 4. Batch (the marker rides in the last batch), tokenize, look ahead.
+        ds = ds.batch(batch_size)
 
     def to_inputs(images, captions, is_end, tally):
         out = {"images": images}

@@ -204,3 +204,94 @@ def test_train_transform_downscale_keeps_the_crop_and_blurs():
     np.testing.assert_allclose(blurred, want, atol=1e-3)
     # Less high-frequency energy than the sharp crop.
     assert np.abs(np.diff(blurred, axis=1)).mean() < 0.6 * np.abs(np.diff(sharp, axis=1)).mean()
+
+
+@pytest.mark.parametrize("method,antialias", [("bicubic", True), ("bilinear", True),
+                                              ("bilinear", False)])
+def test_resize_weights_match_tf_image_resize(method, antialias):
+    rng = np.random.default_rng(1)
+    in_size = 40
+    for out_size in (8, 24, 40, 64):
+        starts = rng.integers(0, in_size - 1, 12)
+        lengths = np.array([rng.integers(1, in_size - s + 1) for s in starts])
+        weights = augment.resize_weights(in_size, starts, lengths, out_size, method,
+                                         antialias=antialias).numpy()
+        signal = rng.uniform(0, 255, (in_size, 3)).astype(np.float32)
+        for b, (s, n) in enumerate(zip(starts, lengths)):
+            # One axis: a column image of the stretch, resized in height only.
+            ref = tf.image.resize(signal[s: s + n, None, :], [out_size, 1], method=method,
+                                  antialias=antialias).numpy()[:, 0]
+            np.testing.assert_allclose(weights[b] @ signal, ref, atol=2e-3, err_msg=(s, n))
+            assert (weights[b][:, :s] == 0).all() and (weights[b][:, s + n:] == 0).all()
+    # Rows past `out_length` stay zero; the others resize to that length.
+    weights = augment.resize_weights(in_size, [0], [in_size], 16, "bilinear", out_length=[5])
+    np.testing.assert_array_equal(weights.numpy()[0, 5:], 0.0)
+    ref = tf.image.resize(signal[:, None, :], [5, 1], method="bilinear", antialias=True)
+    np.testing.assert_allclose(weights.numpy()[0, :5] @ signal, ref.numpy()[:, 0], atol=2e-3)
+
+
+@pytest.mark.parametrize("h,w,size", [(32, 32, 32), (72, 60, 32), (20, 24, 48)])
+def test_batched_transform_is_the_per_image_transform_of_its_draws(h, w, size):
+    images = np.stack([smooth_image(i, h, w) for i in range(6)]).astype(np.float32)
+    uniforms = tf.random.stateless_uniform([4, 6, 10], seed=[1, h])
+    boxes = augment._crop_boxes(h, w, uniforms, (0.3, 1.0), (3 / 4, 4 / 3))
+    for b in range(6):  # the same boxes as the per-image sampler from those uniforms
+        assert list(boxes[b].numpy()) == reference_box(h, w, uniforms[:, b].numpy(),
+                                                         (0.3, 1.0), (3 / 4, 4 / 3))
+    angles = np.radians([0.0, 10.0, -7.0, 3.0, -10.0, 45.0]).astype(np.float32)
+    sides = np.array([size, size // 4, size // 2, 1, size - 1, 3], np.int32)
+    ours = augment._crop_rotate_downscale(images, size, boxes, angles, sides).numpy()
+    for b in range(6):
+        top, left, bh, bw = boxes[b].numpy()
+        crop = tf.image.resize(images[b, top: top + bh, left: left + bw], [size, size],
+                               method="bicubic", antialias=True)
+        crop = tf.clip_by_value(crop, 0.0, 255.0)
+        # random_rotate draws its angle from the seed: find the seed's angle.
+        seed = tf.constant([b, 9], tf.int64)
+        drawn = tf.random.stateless_uniform([], seed=seed, minval=-45.0, maxval=45.0)
+        rotated = augment._rotate(crop[None], np.radians([float(drawn)]).astype(np.float32), 255.0)
+        per_image = augment.random_rotate(crop, 45.0, seed=seed)
+        np.testing.assert_allclose(rotated[0], per_image, atol=2e-3)
+        want = augment._rotate(crop[None], angles[b: b + 1], 255.0)[0]
+        fraction = sides[b] / size
+        want = augment.random_downscale(want, 1.0, (fraction, fraction), seed=[0, 0]).numpy()
+        np.testing.assert_allclose(ours[b], want, atol=2e-3, err_msg=b)
+
+
+def test_train_transform_batch_draws_per_image_and_is_seeded():
+    images = np.stack([smooth_image(3, 40, 40)] * 64)
+    kwargs = dict(scale=(0.5, 1.0), rotation=10.0, downscale=0.5)
+    a = augment.train_transform_batch(images, 24, seed=[1, 2], **kwargs).numpy()
+    b = augment.train_transform_batch(images, 24, seed=[1, 2], **kwargs).numpy()
+    c = augment.train_transform_batch(images, 24, seed=[3, 4], **kwargs).numpy()
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+    assert a.shape == (64, 24, 24, 3) and a.dtype == np.float32
+    # One image repeated: every copy gets its own crop, angle and drop.
+    distinct = {augment.denormalize(x).numpy().round().tobytes() for x in a}
+    assert len(distinct) == 64
+    pixels = augment.denormalize(a).numpy()
+    assert pixels.min() >= -1e-3 and pixels.max() <= 255.0 + 1e-3
+    # Whole-image boxes and nothing else: the bicubic resize of each image.
+    plain = augment.train_transform_batch(images[:2], 24, scale=(1.0, 1.0), ratio=(1.0, 1.0),
+                                          seed=[5, 6]).numpy()
+    want = augment.normalize(tf.clip_by_value(tf.image.resize(
+        images[0].astype(np.float32), [24, 24], method="bicubic", antialias=True), 0.0, 255.0))
+    np.testing.assert_allclose(plain[0], want, atol=1e-4)
+    np.testing.assert_allclose(plain[1], want, atol=1e-4)
+    # About half the images drop resolution with probability 0.5.
+    boards = np.zeros((200, 16, 16, 3), np.uint8)
+    boards[:, ::2, ::2] = boards[:, 1::2, 1::2] = 255
+    out = augment.train_transform_batch(boards, 16, scale=(1.0, 1.0), ratio=(1.0, 1.0),
+                                        downscale=0.5, downscale_range=(0.25, 0.5),
+                                        seed=[7, 8]).numpy()
+    greyed = (np.abs(np.diff(out, axis=2)).mean(axis=(1, 2, 3)) < 1.0).sum()
+    assert 70 < greyed < 130, greyed
+    # Colour distortion runs image by image, each with its own draw.
+    jittered = augment.train_transform_batch(images[:8], 24, scale=(1.0, 1.0), ratio=(1.0, 1.0),
+                                             jitter=0.5, seed=[9, 9]).numpy()
+    assert len({x.round(3).tobytes() for x in jittered}) == 8
+    with pytest.raises(ValueError, match=r"\(batch, height, width, 3\)"):
+        augment.train_transform_batch(images[0], 24)
+    with pytest.raises(ValueError, match="downscale"):
+        augment.train_transform_batch(images, 24, downscale=1.5)

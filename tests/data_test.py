@@ -386,3 +386,24 @@ def test_pretokenized_matches_tokenizer():
     fast = data.from_arrays(images, captions, hash_tokenizer, 6, image_size=SIZE)
     a, b = next(iter(slow)), next(iter(fast))
     np.testing.assert_array_equal(a["token_ids"], b["token_ids"])
+
+
+def test_training_arrays_augment_in_batches_as_encoded_images_do_one_by_one():
+    # In-memory arrays take the batched transform, encoded images the
+    # per-image one; with a whole-image crop both are the same resize, and
+    # one seed gives both the same shuffle.
+    images = np.stack([random_image(i, 40, 30) for i in range(10)])
+    captions = [f"thing {i}" for i in range(10)]
+    kwargs = dict(image_size=SIZE, training=True, seed=4, crop_scale=(1.0, 1.0),
+                  crop_ratio=(0.75, 0.75), keep_captions=True)
+    batched = list(data.from_arrays(images, captions, hash_tokenizer, 4, **kwargs))
+    encoded = [encode(i, "PNG") for i in images]
+    one_by_one = list(data.from_arrays(encoded, captions, hash_tokenizer, 4, **kwargs))
+    assert [b["images"].shape[0] for b in batched] == [4, 4]  # the rest dropped
+    for a, b in zip(batched, one_by_one, strict=True):
+        np.testing.assert_array_equal(a["captions"], b["captions"])
+        np.testing.assert_array_equal(a["token_ids"], b["token_ids"])
+        np.testing.assert_allclose(a["images"], b["images"], atol=1e-4)
+    counter = data.from_arrays(images, captions, hash_tokenizer, 4, **kwargs)
+    list(counter)
+    assert counter.skip_counter.last_pass()["ok"] == 10
