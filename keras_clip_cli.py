@@ -75,6 +75,16 @@ JIT_COMPILE_HELP = (
 )
 
 
+def _non_negative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
 def _floats(text):
     return tuple(float(v) for v in text.split(","))
 
@@ -102,6 +112,7 @@ def train(args):
         crop_scale=args.crop_scale,
         rotation=args.rotation,
         downscale=args.downscale,
+        token_multiple=args.token_multiple,
         csv_img_key=args.csv_img_key,
         csv_caption_key=args.csv_caption_key,
         csv_separator=args.csv_separator,
@@ -192,6 +203,7 @@ def build_parser():
     p.add_argument("--crop-scale", type=_floats, default=(0.9, 1.0), help="Random-resized-crop area range, as 'low,high' (default: 0.9,1.0).")
     p.add_argument("--rotation", type=float, default=0.0, help="Largest random rotation in degrees (default: 0).")
     p.add_argument("--downscale", type=float, default=0.0, help="Probability of a random drop in resolution (each side to 0.25-1 of its pixels, then back), which blurs away fine detail (default: 0).")
+    p.add_argument("--token-multiple", type=_non_negative_int, default=0, help="Cut each batch's token ids after its longest caption, rounded up to a multiple of N: the cut columns are padding, so the text features are the same at less cost when captions are much shorter than the context length. Each batch length is one more compilation on JAX or with --jit-compile true, so 8 or 16 keeps their number small (default: 0, off).")
     p.add_argument("--val-data", default=None, help="A CSV of validation pairs: image-text retrieval every --val-every epochs.")
     p.add_argument("--val-every", type=int, default=1, help="Evaluate every N epochs (default: 1).")
     p.add_argument("--seed", type=int, default=0, help="Seed of initialisation, shuffling and augmentation (default: 0).")

@@ -5,7 +5,8 @@ WebDataset tars, a TFRecord file and in-memory arrays, plus the Twemoji set,
 then times full passes of each `keras_clip.data` pipeline and prints a
 Markdown table of medians. A bare `tf.data` pipeline with the same decode and
 transform, but without checks or skip counting, gives the overhead of the
-accounting.
+accounting; in-memory arrays are also timed image by image (the per-image
+transform, as before `from_arrays` augmented whole batches).
 
 Usage:
     python benchmarks/data_benchmark.py [--pairs 256] [--repeats 3]
@@ -48,6 +49,25 @@ def get_tokenizer(kind):
         return CLIPTokenizer.from_openai_vocab(), "CLIPTokenizer (OpenAI BPE)"
     except Exception as error:  # the tokenizer may not be there yet
         return hash_tokenizer, f"hash stand-in ({type(error).__name__})"
+
+
+def image_by_image(pixels, captions, tokenizer, batch_size, size, **options):
+    """`from_arrays`'s pipeline as it was before it augmented whole batches:
+    the same stages, but the arrays' shape hidden from `build_pipeline`, so
+    it maps `augment.train_transform` over single images (no shuffle)."""
+    from keras_clip import data_pipeline
+
+    raw = tf.data.Dataset.from_tensor_slices(
+        (pixels, [c.encode() for c in captions], np.zeros(len(captions), np.int32)))
+
+    def hide_shape(image, caption, status):
+        shape = tf.shape(image) + 0 * status  # not a constant: unknown statically
+        return tf.reshape(image, shape), caption, status
+
+    raw = raw.map(hide_shape)
+    assert not raw.element_spec[0].shape.is_fully_defined()
+    return data_pipeline.build_pipeline(raw, "array", tokenizer, batch_size,
+                                        image_size=size, **options)
 
 
 def make_images(n, rng):
@@ -169,17 +189,27 @@ def main():
             ("from_tfrecord", "JPEG ~240-520 px", 224, lambda: data.from_tfrecord(
                 os.path.join(folder, "pairs.tfrecord"), tokenizer, bs,
                 image_size=224, **common)),
-            ("from_arrays (uint8)", "256x256 arrays", 224, lambda: data.from_arrays(
-                pixels, captions, tokenizer, bs, image_size=224, **common)),
+            ("from_arrays (uint8): whole batches augmented", "256x256 arrays", 224,
+             lambda: data.from_arrays(pixels, captions, tokenizer, bs, image_size=224,
+                                      **common)),
+            ("same, image by image", "256x256 arrays", 224,
+             lambda: image_by_image(pixels, captions, tokenizer, bs, 224, **common)),
         ]
         try:
             from keras_clip.datasets import emoji
 
-            cases.append(("Twemoji (from_arrays, pretokenized), +10 deg rotation",
-                          "32x32 arrays",
-                          32, lambda: emoji.twemoji_dataset(
-                              tokenizer, 128, image_size=32, training=True,
-                              rotation=10.0)))
+            twemoji = emoji.load_twemoji(image_size=32, split="train")
+            demo = dict(training=True, seed=0, crop_scale=(0.8, 1.0), rotation=10.0,
+                        downscale=0.5)
+            cases += [
+                ("Twemoji (from_arrays, pretokenized), the demo's augmentation: "
+                 "whole batches", "32x32 arrays", 32,
+                 lambda: data.from_arrays(twemoji.images, twemoji.captions, tokenizer,
+                                          128, image_size=32, **demo)),
+                ("same, image by image", "32x32 arrays", 32,
+                 lambda: image_by_image(twemoji.images, twemoji.captions, tokenizer,
+                                        128, 32, **demo)),
+            ]
         except ImportError:
             pass
         tokens_only = (

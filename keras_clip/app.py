@@ -147,6 +147,7 @@ def run_train(
     crop_scale=(0.9, 1.0),
     rotation=0.0,
     downscale=0.0,
+    token_multiple=0,
     csv_img_key="filepath",
     csv_caption_key="title",
     csv_separator=None,
@@ -228,6 +229,7 @@ def run_train(
             csv_caption_key=csv_caption_key, csv_separator=csv_separator, twemoji=twemoji,
             image_size=model.config.image_size, training=True, crop_scale=crop_scale,
             rotation=rotation, downscale=downscale, seed=seed + 1000 * epoch,
+            token_multiple=token_multiple or None,
         )
         holder["train"] = ds
         return ds

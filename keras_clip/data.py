@@ -13,7 +13,7 @@ Every source accepts the pipeline options of
 `keras_clip.data_pipeline.build_pipeline` as keyword arguments: `image_size`,
 `training`, `crop_scale`, `crop_ratio`, `rotation`, `color_jitter`,
 `grayscale`, `downscale`, `seed`, `deterministic`,
-`drop_remainder`, `keep_captions`, `counter`. Shuffling (training only) and
+`drop_remainder`, `keep_captions`, `token_multiple`, `counter`. Shuffling (training only) and
 sharding (`num_shards`, `shard_index`: e.g. `jax.process_count()` /
 `jax.process_index()`, or a `tf.distribute.InputContext`'s
 `num_input_pipelines` / `input_pipeline_id`) happen in the source.

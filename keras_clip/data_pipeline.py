@@ -190,6 +190,27 @@ def _end_marker(spec):
     return tf.data.Dataset.from_tensors((image, tf.constant(""), tf.constant(END)))
 
 
+def trim_token_ids(token_ids, multiple):
+    """Drops the padding columns past a batch's longest caption.
+
+    Keeps the first `ceil(n / multiple) * multiple` columns (at most all of
+    them), where `n` is one past the last non-zero id of any row: a row's
+    end-of-text is its last non-zero id, so nothing but padding is cut.
+
+    Args:
+        token_ids: int tensor `(B, L)`, padded with 0.
+        multiple: positive int.
+
+    Returns:
+        `token_ids[:, :length]`.
+    """
+    width = tf.shape(token_ids)[1]
+    positions = tf.range(1, width + 1)[None]
+    used = tf.reduce_max(tf.where(token_ids != 0, positions, 0))
+    length = tf.minimum((used + multiple - 1) // multiple * multiple, width)
+    return token_ids[:, :length]
+
+
 def build_pipeline(
     raw,
     image_kind,
@@ -208,6 +229,7 @@ def build_pipeline(
     deterministic=None,
     drop_remainder=None,
     keep_captions=False,
+    token_multiple=None,
     counter=None,
     name="dataset",
 ):
@@ -246,6 +268,15 @@ def build_pipeline(
         drop_remainder: bool, drop the last partial batch. Defaults to
             `training`.
         keep_captions: bool, also return the caption strings as `"captions"`.
+        token_multiple: optional int; cuts each batch's `token_ids` after
+            its longest caption's end-of-text, rounded up to a multiple of
+            it (at most the context length). The columns cut hold only
+            padding, which a causal text tower never attends to from the
+            end-of-text position, so the text features are the same at
+            less cost when captions are much shorter than the context.
+            Batches then vary in length: each length is one more trace on
+            JAX, or with `jit_compile=True`, so a multiple of 8 or 16 keeps
+            their number small.
         counter: optional `SkipCounter`; a new one is made otherwise. Either
             way it is reachable as `dataset.skip_counter`.
         name: str, names the source in log lines.
@@ -259,6 +290,13 @@ def build_pipeline(
         raise ValueError(
             "Expected `image_kind` in ('path', 'bytes', 'array'). "
             f"Received: image_kind={image_kind!r}"
+        )
+    if token_multiple is not None and (
+        isinstance(token_multiple, bool) or not isinstance(token_multiple, int)
+        or token_multiple < 1
+    ):
+        raise ValueError(
+            f"Expected `token_multiple` to be None or a positive int. Received: {token_multiple!r}"
         )
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(
@@ -394,6 +432,8 @@ def build_pipeline(
             spec[0],
         )
     )
+    if token_multiple and tokenizer is not None:
+        ds = ds.map(lambda out: {**out, "token_ids": trim_token_ids(out["token_ids"], token_multiple)})
     options = tf.data.Options()
     options.deterministic = deterministic
     options.experimental_optimization.map_parallelization = False

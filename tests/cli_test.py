@@ -70,7 +70,7 @@ def trained(workspace):
     args = ["train", "--train-data", str(root / "pairs.csv"), "--output-dir", str(out),
             "--preset", "tiny-vit", "--tokenizer", "train", "--vocabulary-size", "600",
             "--epochs", "2", "--batch-size", "8", "--lr", "1e-3", "--warmup", "2",
-            "--val-data", str(root / "pairs.csv")]
+            "--val-data", str(root / "pairs.csv"), "--token-multiple", "8"]
     assert run(*args) == 0
     return root, out, args
 
@@ -218,3 +218,14 @@ def test_jit_compile_option_parses_and_rejects_other_words(capsys):
     with pytest.raises(SystemExit):
         parser.parse_args([*base, "--jit-compile", "yes"])
     assert "expected auto, true or false, got 'yes'" in capsys.readouterr().err
+
+
+def test_token_multiple_option_parses_and_rejects_negatives(capsys):
+    parser = keras_clip_cli.build_parser()
+    base = ["train", "--train-data", "x.csv", "--output-dir", "out"]
+    assert parser.parse_args(base).token_multiple == 0
+    assert parser.parse_args([*base, "--token-multiple", "8"]).token_multiple == 8
+    for bad in ("-1", "eight"):
+        with pytest.raises(SystemExit):
+            parser.parse_args([*base, "--token-multiple", bad])
+        assert f"expected an integer >= 0, got '{bad}'" in capsys.readouterr().err

@@ -407,3 +407,53 @@ def test_training_arrays_augment_in_batches_as_encoded_images_do_one_by_one():
     counter = data.from_arrays(images, captions, hash_tokenizer, 4, **kwargs)
     list(counter)
     assert counter.skip_counter.last_pass()["ok"] == 10
+
+
+def test_trim_token_ids_cuts_padding_only():
+    rng = np.random.default_rng(0)
+    ids = np.zeros((5, 12), np.int32)
+    for row, n in enumerate([3, 7, 2, 5, 4]):
+        ids[row, :n] = rng.integers(1, 50, n)
+    ids[1, 3] = 0  # a real token with id 0 (OpenAI's "!") inside a caption
+    for multiple, width in ((1, 7), (4, 8), (5, 10), (8, 8), (16, 12)):
+        out = data_pipeline.trim_token_ids(tf.constant(ids), multiple).numpy()
+        np.testing.assert_array_equal(out, ids[:, :width])
+    assert data_pipeline.trim_token_ids(tf.constant(ids[:, :7]), 4).shape == (5, 7)
+
+
+def test_token_multiple_trims_each_batch_and_training_matches_full_length():
+    import keras_clip
+
+    # Two long captions among short ones: some batches need more columns.
+    animals = ["cat", "dog", "fox", "owl", "bee", "ant", "elk", "yak"]
+    words = [animals[i % 8] for i in range(14)] + [" ".join(animals)] * 2
+    tokenizer = keras_clip.CLIPTokenizer.train(words, vocabulary_size=600, context_length=16)
+    keras.utils.set_random_seed(0)
+    model = keras_clip.CLIPModel.from_preset(
+        "tiny-vit", vocabulary_size=tokenizer.vocabulary_size,
+        eot_token_id=tokenizer.eot_token_id, context_length=16)
+
+    images = np.random.default_rng(1).integers(0, 256, (16, 32, 32, 3), np.uint8)
+    kwargs = dict(image_size=32, training=True, seed=2, crop_scale=(1.0, 1.0))
+    full = data.from_arrays(images, words, tokenizer, 4, **kwargs)
+    trimmed = data.from_arrays(images, words, tokenizer, 4, token_multiple=4, **kwargs)
+    widths = []
+    for a, b in zip(full, trimmed, strict=True):
+        width = b["token_ids"].shape[1]
+        widths.append(width)
+        np.testing.assert_array_equal(b["token_ids"], a["token_ids"][:, :width])
+        assert width % 4 == 0 and not a["token_ids"].numpy()[:, width:].any()
+        np.testing.assert_array_equal(a["images"], b["images"])
+    assert len(set(widths)) > 1, widths  # the batches differ in length
+    # The same training steps either way: the cut columns are padding.
+    clone = keras_clip.CLIPModel.from_preset(
+        "tiny-vit", vocabulary_size=tokenizer.vocabulary_size,
+        eot_token_id=tokenizer.eot_token_id, context_length=16)
+    clone.set_weights(model.get_weights())
+    for m, ds in ((model, full), (clone, trimmed)):
+        m.compile(optimizer=keras.optimizers.SGD(0.5))
+        m.fit(ds, epochs=1, verbose=0)
+    for a, b in zip(model.get_weights(), clone.get_weights()):
+        np.testing.assert_allclose(a, b, atol=2e-5)
+    with pytest.raises(ValueError, match="token_multiple"):
+        data.from_arrays(images, words, tokenizer, 4, token_multiple=0)
