@@ -8,6 +8,8 @@ and leave as `float32` tensors of shape `(size, size, 3)`.
   on random square crops of resized images; open_clip uses a random-resized
   crop with scale `(0.9, 1.0)`), then an optional small rotation, an
   optional random drop in resolution and optional colour distortion.
+- Training on a batch of same-size images (`train_transform_batch`): the
+  same transform per image, in batched ops.
 - Evaluation: bicubic resize of the shorter side to `size`, then a center
   crop, as OpenAI's and open_clip's preprocessing do.
 - Both end with OpenAI's per-channel mean / std normalisation.
@@ -192,6 +194,10 @@ def resize_weights(in_size, start, length, out_size, method, antialias=True, out
     Returns:
         A float32 tensor `(B, out_size, in_size)`.
     """
+    if method not in _KERNELS:
+        raise ValueError(
+            f"Expected `method` in {tuple(_KERNELS)}. Received: method={method!r}"
+        )
     kernel = _KERNELS[method]
     start = tf.cast(start, tf.float32)[:, None, None]
     length = tf.cast(length, tf.float32)[:, None, None]

@@ -228,6 +228,8 @@ def test_resize_weights_match_tf_image_resize(method, antialias):
     np.testing.assert_array_equal(weights.numpy()[0, 5:], 0.0)
     ref = tf.image.resize(signal[:, None, :], [5, 1], method="bilinear", antialias=True)
     np.testing.assert_allclose(weights.numpy()[0, :5] @ signal, ref.numpy()[:, 0], atol=2e-3)
+    with pytest.raises(ValueError, match=r"`method` in \('bicubic', 'bilinear'\). Received: method='area'"):
+        augment.resize_weights(in_size, [0], [in_size], 16, "area")
 
 
 @pytest.mark.parametrize("h,w,size", [(32, 32, 32), (72, 60, 32), (20, 24, 48)])
