@@ -319,6 +319,21 @@ def _rotate(images, angles, fill_value):
     )
 
 
+def _check_downscale(probability, scale, names=("probability", "scale")):
+    """Checks a drop in resolution's probability and side-fraction range;
+    returns the range as floats. `names`: the arguments' names in errors."""
+    if not 0.0 <= float(probability) <= 1.0:
+        raise ValueError(
+            f"Expected `{names[0]}` in [0, 1]. Received: {names[0]}={probability!r}"
+        )
+    low, high = _check_range(names[1], scale, low=0.0)
+    if high > 1.0:
+        raise ValueError(
+            f"Expected `{names[1]}` within (0, 1]. Received: {names[1]}={(low, high)}"
+        )
+    return low, high
+
+
 def random_downscale(image, probability, scale=(0.25, 1.0), seed=None):
     """With `probability`, drops the image's resolution and scales it back.
 
@@ -337,15 +352,7 @@ def random_downscale(image, probability, scale=(0.25, 1.0), seed=None):
     Returns:
         A float32 tensor `(H, W, C)` in `[0, 255]`.
     """
-    if not 0.0 <= float(probability) <= 1.0:
-        raise ValueError(
-            f"Expected `probability` in [0, 1]. Received: probability={probability!r}"
-        )
-    low, high = _check_range("scale", scale, low=0.0)
-    if high > 1.0:
-        raise ValueError(
-            f"Expected `scale` within (0, 1]. Received: scale={(low, high)}"
-        )
+    low, high = _check_downscale(probability, scale)
     seeds = tf.random.experimental.stateless_split(_seed_or_random(seed), num=2)
     image = tf.cast(image, tf.float32)
     shape = tf.shape(image)
@@ -503,15 +510,7 @@ def train_transform_batch(
             "Expected `images` of shape (batch, height, width, 3) with known height "
             f"and width. Received: shape={images.shape}"
         )
-    if downscale and not 0.0 <= float(downscale) <= 1.0:
-        raise ValueError(
-            f"Expected `downscale` in [0, 1]. Received: downscale={downscale!r}"
-        )
-    low, high = _check_range("downscale_range", downscale_range, low=0.0)
-    if high > 1.0:
-        raise ValueError(
-            f"Expected `downscale_range` within (0, 1]. Received: {(low, high)}"
-        )
+    low, high = _check_downscale(downscale, downscale_range, ("downscale", "downscale_range"))
     batch = tf.shape(images)[0]
     seeds = tf.random.experimental.stateless_split(_seed_or_random(seed), num=4)
     uniforms = tf.random.stateless_uniform([4, batch, _CROP_ATTEMPTS], seed=seeds[0])
