@@ -504,12 +504,12 @@ def train_transform_batch(
     scale = _check_range("scale", scale, low=0.0)
     ratio = _check_range("ratio", ratio, low=0.0)
     images = tf.convert_to_tensor(images)
-    height, width = images.shape[1], images.shape[2]
-    if height is None or width is None or images.shape.rank != 4:
+    if images.shape.rank != 4 or None in images.shape[1:3]:
         raise ValueError(
             "Expected `images` of shape (batch, height, width, 3) with known height "
             f"and width. Received: shape={images.shape}"
         )
+    height, width = images.shape[1], images.shape[2]
     low, high = _check_downscale(downscale, downscale_range, ("downscale", "downscale_range"))
     batch = tf.shape(images)[0]
     seeds = tf.random.experimental.stateless_split(_seed_or_random(seed), num=4)
