@@ -266,16 +266,48 @@ PRESETS = {
 }
 
 
-def list_presets():
-    """Names accepted by `CLIPModel.from_preset`."""
-    return list(PRESETS)
+# open_clip's names for the same architectures: its model config of each
+# name, with `quick_gelu` (OpenAI's activation) only in "-quickgelu" names
+# and GELU otherwise. open_clip's plain "RN50"-style names are the one clash:
+# here they stay OpenAI's presets (QuickGELU); open_clip's GELU variant of
+# those is `get_preset("RN50", activation="gelu")`.
+_OPEN_CLIP_VITS = (("ViT-B-32", "ViT-B/32"), ("ViT-B-16", "ViT-B/16"),
+                   ("ViT-L-14", "ViT-L/14"), ("ViT-L-14-336", "ViT-L/14@336px"))
+OPEN_CLIP_NAMES = {
+    **{f"{rn}-quickgelu": (rn, "quick_gelu")
+       for rn in ("RN50", "RN101", "RN50x4", "RN50x16", "RN50x64")},
+    **{oc: (preset, "gelu") for oc, preset in _OPEN_CLIP_VITS},
+    **{f"{oc}-quickgelu": (preset, "quick_gelu") for oc, preset in _OPEN_CLIP_VITS},
+}
+
+
+def list_presets(include_open_clip_names=False):
+    """Names accepted by `CLIPModel.from_preset`.
+
+    Args:
+        include_open_clip_names: bool, also list open_clip's names for the
+            same architectures ("ViT-B-32", "RN50-quickgelu", ...).
+    """
+    names = list(PRESETS)
+    return names + list(OPEN_CLIP_NAMES) if include_open_clip_names else names
 
 
 def get_preset(name, **overrides):
-    """The `CLIPConfig` of a named preset, with fields overridden."""
+    """The `CLIPConfig` of a named preset, with fields overridden.
+
+    `name` is one of `list_presets()` (OpenAI's names: "ViT-B/32", "RN50",
+    ...; and our small ones) or an open_clip name of the same architecture
+    ("ViT-B-32", "ViT-B-32-quickgelu", "RN50-quickgelu"; see
+    `OPEN_CLIP_NAMES`), which also sets open_clip's activation.
+    """
+    if name in OPEN_CLIP_NAMES:
+        preset, activation = OPEN_CLIP_NAMES[name]
+        overrides = {"activation": activation, **overrides}
+        name = preset
     if name not in PRESETS:
         raise ValueError(
-            f"Unknown preset {name!r}. Expected one of {list_presets()}."
+            f"Unknown preset {name!r}. Expected one of {list_presets()}, "
+            f"or an open_clip name: {list(OPEN_CLIP_NAMES)}."
         )
     config = PRESETS[name]
     return config.replace(**overrides) if overrides else config

@@ -208,7 +208,9 @@ class CLIPModel(keras.Model):
 
         Args:
             name: one of `keras_clip.list_presets()` ("RN50", "ViT-B/32",
-                "tiny-vit", ...).
+                "tiny-vit", ...), or open_clip's name of the same
+                architecture ("ViT-B-32", "ViT-B-32-quickgelu",
+                "RN50-quickgelu"; `configs.get_preset`).
             tokenizer: optional tokenizer to carry.
             **overrides: `CLIPConfig` fields to change, e.g.
                 `vocabulary_size=8000, activation="gelu"`; `dtype` goes to

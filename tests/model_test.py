@@ -103,6 +103,54 @@ def test_presets_listed_and_overridable():
         keras_clip.CLIPModel.from_preset("ViT-X")
 
 
+def _open_clip_model_config(name):
+    """open_clip's own JSON config of `name`, read from the installed package
+    (its files only: importing open_clip is not needed)."""
+    import importlib.util
+    import json
+    import os
+
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None:
+        pytest.skip("open_clip is not installed")
+    path = os.path.join(os.path.dirname(spec.origin), "model_configs", f"{name}.json")
+    with open(path) as f:
+        return json.load(f)
+
+
+@pytest.mark.parametrize("name", sorted(configs.OPEN_CLIP_NAMES))
+def test_open_clip_names_give_open_clip_configs(name):
+    ref = _open_clip_model_config(name)
+    vision, text = ref["vision_cfg"], ref["text_cfg"]
+    c = configs.get_preset(name)
+    assert c.embed_dim == ref["embed_dim"]
+    assert c.image_size == vision["image_size"]
+    assert c.vision_width == vision["width"]
+    if isinstance(vision["layers"], list):  # open_clip's ModifiedResNet
+        assert c.vision == "resnet"
+        assert tuple(c.vision_layers) == tuple(vision["layers"])
+        assert c.vision_heads == vision["width"] * 32 // 64
+    else:
+        assert c.vision == "vit"
+        assert (c.vision_layers, c.patch_size) == (vision["layers"], vision["patch_size"])
+        assert c.vision_heads == vision["width"] // vision.get("head_width", 64)
+    assert (c.context_length, c.vocabulary_size) == (text["context_length"], text["vocab_size"])
+    assert (c.text_width, c.text_heads, c.text_layers) == (text["width"], text["heads"], text["layers"])
+    assert c.activation == ("quick_gelu" if ref.get("quick_gelu") else "gelu")
+    # Overrides still win over the name's activation.
+    assert configs.get_preset(name, activation="gelu").activation == "gelu"
+    assert name in keras_clip.list_presets(include_open_clip_names=True)
+    assert name not in keras_clip.list_presets()
+
+
+def test_open_clip_plain_resnet_names_stay_openai_presets():
+    # open_clip's "RN50" is GELU; ours is OpenAI's (QuickGELU), documented.
+    assert _open_clip_model_config("RN50").get("quick_gelu") is None
+    assert configs.get_preset("RN50").activation == "quick_gelu"
+    with pytest.raises(ValueError, match="open_clip name"):
+        configs.get_preset("ViT-B-33")
+
+
 # ---- forward pass ---------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["tiny-vit", "tiny-resnet"])
