@@ -17,13 +17,16 @@ import argparse
 import os
 import platform
 import statistics
-import time
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import torch  # noqa: E402
+
+from benchmarks.open_clip_benchmark import alternating_rounds  # noqa: E402
 
 SHAPES = (
     ((50, 768, 2304), "attention in-projection, batch 1"),
@@ -65,14 +68,8 @@ def main():
     rows = []
     for (m, k, n), what in SHAPES:
         fns = sides_for(m, k, n, rng)
-        times = {name: [] for name in SIDES}
-        for _ in range(args.rounds):
-            for name in SIDES:
-                start = time.perf_counter()
-                for _ in range(args.repeats):
-                    fns[name]()
-                times[name].append((time.perf_counter() - start) / args.repeats * 1e3)
-        ms = {name: statistics.median(times[name]) for name in SIDES}
+        times = alternating_rounds(fns, args.rounds, lambda name: args.repeats)
+        ms = {name: 1e3 * statistics.median(times[name]) for name in SIDES}
         cells = " | ".join(f"{ms[name]:.2f} ({ms['torch'] / ms[name]:.2f}x)" for name in SIDES)
         gflops = 2 * m * k * n / 1e9
         rows.append(f"| ({m}, {k}, {n}) | {what} | {gflops:.2f} | {cells} |")
