@@ -88,6 +88,8 @@ class AdamW(_AdamW):
         the same update. Its decoupled decay `w <- w (1 - lr wd)` comes first,
         as Keras applies it; excluded weights go in a group with none. On
         the CPU reading the step and the rate as numbers costs no sync.
+        Each weight's version counter is advanced, as any in-place torch op
+        advances it.
         """
         import torch
 
@@ -102,8 +104,9 @@ class AdamW(_AdamW):
             groups.setdefault(bool(decay) and self._use_weight_decay(v), []).append((g, v))
         for decayed, pairs in groups.items():
             vs = [v for _, v in pairs]
+            weights = [v.value for v in vs]
             torch._fused_adamw_(
-                [v.value for v in vs],
+                weights,
                 [g.contiguous() for g, _ in pairs],
                 [self._momentums[index(v)].value for v in vs],
                 [self._velocities[index(v)].value for v in vs],
@@ -117,6 +120,11 @@ class AdamW(_AdamW):
                 amsgrad=bool(self.amsgrad),
                 maximize=False,
             )
+            # The fused kernel writes the weights without advancing their
+            # version counters (the in-place ops of Keras's optimizers do);
+            # advance them, so that autograd and `layers.torch_conv_kernel`'s
+            # cache see the weights changed.
+            torch.autograd.graph.increment_version(weights)
 
 
 def cosine_decay(peak, end, progress, cos=ops.cos):

@@ -160,3 +160,28 @@ def test_adamw_update_matches_numpy_and_keras(amsgrad):
     # Saved and restored as itself, settings kept.
     restored = keras.optimizers.deserialize(keras.optimizers.serialize(AdamW(**kwargs)))
     assert type(restored) is type(AdamW(**kwargs)) and restored.amsgrad == amsgrad
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_adamw_torch_update_advances_weight_versions(monkeypatch, fused):
+    # Every in-place torch write advances the tensor's version counter,
+    # which autograd and the convolution-kernel cache
+    # (`layers.torch_conv_kernel`) rely on to see a weight change. ATen's
+    # fused AdamW kernel does not advance it by itself; our update must, as
+    # Keras's own optimizers' in-place ops do. (Both torch paths: the fused
+    # CPU kernel, and the multi-tensor one used on other devices.)
+    if keras.backend.backend() != "torch":
+        pytest.skip("torch version counters")
+    from keras_clip.optimizers import AdamW
+
+    optimizer = AdamW(learning_rate=0.1, weight_decay=0.1)
+    if not fused:
+        monkeypatch.setattr(AdamW, "_torch_fusable", lambda self, variables: False)
+    for stock in (keras.optimizers.AdamW(learning_rate=0.1), optimizer):
+        variables = [keras.Variable(np.ones((3, 3), "float32"), name="kernel"),
+                     keras.Variable(np.ones((3,), "float32"), name="bias")]
+        before = [v.value._version for v in variables]
+        grads = [keras.ops.ones(v.shape) for v in variables]
+        stock.apply(grads, variables)
+        after = [v.value._version for v in variables]
+        assert all(b > a for a, b in zip(before, after)), (type(stock), before, after)
