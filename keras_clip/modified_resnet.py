@@ -150,11 +150,12 @@ def _torch_conv_bn(conv, norm, x, training, stride=1, padding=0):
 
     `x` is in the compute dtype (the parent layer's `__call__` cast it);
     the kernel, kept `(kh, kw, in, out)` by Keras, is cast to it and read
-    as `(out, in, kh, kw)` through a permuted view.
+    as `(out, in, kh, kw)` (`layers.torch_conv_kernel`: a permuted view, or
+    without a gradient a cached contiguous copy).
     """
     import torch.nn.functional as F
 
-    kernel = clip_layers.torch_value(conv.kernel, x).to(x.dtype).permute(3, 2, 0, 1)
+    kernel = clip_layers.torch_conv_kernel(conv, x)
     y = F.conv2d(x, kernel, stride=stride, padding=padding)
     return norm._torch_fused(y, training and norm.trainable)
 

@@ -120,19 +120,18 @@ class VisionTransformer(keras.layers.Layer):
         Keras's torch `Conv2D` copies its input twice and each Keras op
         pays ~10-30 us of dispatch; at a small model's size that is a
         third of an eager inference call. Here the patch convolution is one
-        `F.conv2d` on the NCHW view of the images with the kernel read as a
-        `(out, in, kh, kw)` view; its `(B, D, G, G)` output flattened to
-        `(B, G * G, D)` orders patches row by row as the Keras path does.
+        `F.conv2d` on the NCHW view of the images with the kernel read as
+        `(out, in, kh, kw)` (`layers.torch_conv_kernel`); its `(B, D, G, G)`
+        output flattened to `(B, G * G, D)` orders patches row by row as the
+        Keras path does.
         """
         import torch
         import torch.nn.functional as F
 
         value = clip_layers.torch_value
         images = ops.convert_to_tensor(images)
-        kernel = value(self.patch_embedding.kernel, images).to(images.dtype)
-        x = F.conv2d(
-            images.movedim(-1, 1), kernel.permute(3, 2, 0, 1), stride=self.patch_size
-        )  # (B, D, G, G)
+        kernel = clip_layers.torch_conv_kernel(self.patch_embedding, images)
+        x = F.conv2d(images.movedim(-1, 1), kernel, stride=self.patch_size)  # (B, D, G, G)
         x = x.flatten(2).transpose(1, 2)  # (B, N, D)
         cls = value(self.class_embedding, x).to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls, x], dim=1)  # (B, N + 1, D)

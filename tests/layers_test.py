@@ -455,6 +455,100 @@ def test_attention_pool_equals_keras_ops_path_with_gradients(monkeypatch):
     _fused_against_keras_ops(monkeypatch, pool, pool, x, dy, 1e-5)
 
 
+def test_conv_kernel_cache_follows_every_weight_update(monkeypatch):
+    # On torch, inference (no gradient into the kernels) runs each fused
+    # convolution on a cached contiguous (out, in, kh, kw) copy of its Keras
+    # kernel (`layers.torch_conv_kernel`). After every way the weights can
+    # change (assign, set_weights, an optimizer step) the tower must give
+    # what Keras's layers give with the same weights. On TF and JAX both
+    # runs are the Keras path (nothing cached to go stale).
+    from keras_clip.optimizers import AdamW
+
+    torch_backend = keras.backend.backend() == "torch"
+    rng = np.random.default_rng(17)
+    tower = ModifiedResNet(32, (1, 1, 1, 1), 8, 2, 16)
+    tower.build()
+    randomize(tower)
+    x = rng.standard_normal((2, 32, 32, 3)).astype("float32")
+
+    def infer(fused=True):
+        monkeypatch.setattr(clip_layers, "TORCH_FUSED_BLOCKS", fused)
+        if torch_backend:
+            import torch
+
+            with torch.no_grad():
+                return keras.ops.convert_to_numpy(tower(x, training=False))
+        return keras.ops.convert_to_numpy(tower(x, training=False))
+
+    def check():
+        got = infer()  # fused: fills or reuses the cache
+        np.testing.assert_allclose(got, infer(fused=False), atol=1e-4 * np.abs(got).max())
+        np.testing.assert_array_equal(infer(), got)  # the cached copies again
+        return got
+
+    first = check()
+    conv = tower.blocks[0].conv2
+    conv.kernel.assign(rng.standard_normal(tuple(conv.kernel.shape)).astype("float32"))
+    second = check()
+    assert np.abs(second - first).max() > 1e-3
+    randomize(tower, seed=1)
+    third = check()
+    assert np.abs(third - second).max() > 1e-3
+    optimizer = AdamW(learning_rate=0.05)
+    grads = [rng.standard_normal(tuple(v.shape)).astype("float32") for v in tower.trainable_variables]
+    optimizer.apply([keras.ops.convert_to_tensor(g) for g in grads], tower.trainable_variables)
+    assert np.abs(check() - third).max() > 1e-3
+    if not torch_backend:
+        return
+    import gc
+
+    import torch
+
+    images = keras.ops.convert_to_tensor(x).movedim(-1, 1)
+    with torch.no_grad():
+        cached = clip_layers.torch_conv_kernel(conv, images)
+        assert cached.is_contiguous() and cached.shape == (8, 8, 3, 3)
+        assert clip_layers.torch_conv_kernel(conv, images) is cached
+    np.testing.assert_array_equal(
+        cached.numpy(), keras.ops.convert_to_numpy(conv.kernel).transpose(3, 2, 0, 1))
+    # With a gradient into the kernel: a view of the variable, never the copy.
+    view = clip_layers.torch_conv_kernel(conv, images)
+    assert view is not cached and view.requires_grad
+    # A frozen tower cached under inference_mode still backpropagates to its
+    # input (the copies are normal tensors, which autograd may save).
+    tower.trainable = False
+    with torch.inference_mode():
+        tower(x, training=False)
+    grads = []
+    for fused in (True, False):
+        monkeypatch.setattr(clip_layers, "TORCH_FUSED_BLOCKS", fused)
+        xt = torch.tensor(x, requires_grad=True)
+        tower(xt, training=False).sum().backward()
+        grads.append(xt.grad.numpy())
+    np.testing.assert_allclose(grads[0], grads[1], atol=1e-4 * np.abs(grads[1]).max())
+    # The ViT's patch convolution reads its kernel the same way.
+    vit = VisionTransformer(16, 4, 16, 2, 2)
+    vit.build()
+    randomize(vit)
+    patches = rng.standard_normal((2, 16, 16, 3)).astype("float32")
+    for _ in range(2):  # fill the cache, then change the kernel it holds
+        outputs = []
+        for fused in (True, False, True):
+            monkeypatch.setattr(clip_layers, "TORCH_FUSED_BLOCKS", fused)
+            with torch.no_grad():
+                outputs.append(keras.ops.convert_to_numpy(vit(patches)))
+        np.testing.assert_allclose(outputs[0], outputs[1], atol=1e-5)
+        np.testing.assert_array_equal(outputs[0], outputs[2])
+        vit.patch_embedding.kernel.assign(
+            rng.standard_normal(tuple(vit.patch_embedding.kernel.shape)).astype("float32"))
+    # Entries go with their variables.
+    before = len(clip_layers._conv_kernels)
+    assert before >= 4
+    del tower, conv, cached, view, optimizer, vit
+    gc.collect()
+    assert len(clip_layers._conv_kernels) < before
+
+
 def _bn_output_and_input_grad(layer, x, weights):
     """`layer(x, training=True)` and d sum(y * weights) / dx by the backend's
     own autodiff (stateless on JAX, where the moving statistics come back)."""
