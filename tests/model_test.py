@@ -227,6 +227,69 @@ def test_tf_encoders_use_xla_unless_jit_compile_false_is_asked_for():
         np.testing.assert_allclose(got, eager_text, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["tiny-vit", "tiny-resnet"])
+def test_encoders_equal_tower_call_and_numpy_projection(monkeypatch, name):
+    # On torch, float32 inference runs each tower's `call` without its
+    # `Layer.__call__` (`model._tower`). The embeddings must equal the
+    # tower's `__call__` output, projected and normalised in NumPy, for
+    # NumPy and tensor inputs alike; the skip must happen where it should
+    # (no tower `__call__` for float32 inference) and not where it would
+    # change something (training, mixed precision, forward hooks).
+    from keras_clip import model as model_module
+
+    model = keras_clip.CLIPModel.from_preset(name)
+    images, ids = synthetic_pairs(model.config, 3)
+    model.image_encoder(images, training=True)  # ResNet: move the BN statistics
+    image_features = to_np(model.image_encoder(images, training=False))
+    text_features = to_np(model.text_encoder(ids))
+
+    def reference(features, projection):
+        # The ResNet's attention pool projects itself (no image projection).
+        y = features if projection is None else features @ to_np(projection.kernel)
+        return y / np.linalg.norm(y, axis=1, keepdims=True)
+
+    calls = []
+    towers = [model.image_encoder, model.text_encoder]
+    original_call = keras.layers.Layer.__call__
+
+    def counting_call(layer, *args, **kwargs):
+        if any(layer is tower for tower in towers):
+            calls.append(layer.name)
+        return original_call(layer, *args, **kwargs)
+
+    monkeypatch.setattr(keras.layers.Layer, "__call__", counting_call)
+    for x, y in ((images, ids), (keras.ops.convert_to_tensor(images), keras.ops.convert_to_tensor(ids))):
+        np.testing.assert_allclose(
+            to_np(model.encode_image(x)),
+            reference(image_features, model.image_projection), atol=1e-5)
+        np.testing.assert_allclose(
+            to_np(model.encode_text(y)), reference(text_features, model.text_projection), atol=1e-5)
+    if keras.backend.backend() == "torch":
+        assert calls == []  # both towers skipped `__call__`
+        fired = []
+        handle = model.image_encoder.register_forward_hook(lambda *a: fired.append(1))
+        model.encode_image(images)
+        handle.remove()
+        assert fired == [1] and calls == [model.image_encoder.name]
+        del calls[:]
+        model.encode_image(images, training=True)
+        assert calls == [model.image_encoder.name]
+        assert model_module._plain_torch_call(model.text_encoder, keras.ops.convert_to_tensor(ids))
+        assert not model_module._plain_torch_call(
+            model.image_encoder, keras.ops.convert_to_tensor(images.astype("float64")))
+    mixed = keras_clip.CLIPModel.from_preset(name, dtype="mixed_bfloat16")
+    towers += [mixed.image_encoder, mixed.text_encoder]
+    if keras.backend.backend() == "torch":
+        x = keras.ops.convert_to_tensor(images)
+        assert not model_module._plain_torch_call(mixed.image_encoder, x)
+    del calls[:]
+    out = mixed.encode_image(images), mixed.encode_text(ids)
+    assert [keras.backend.standardize_dtype(o.dtype) for o in out] == ["float32"] * 2
+    if keras.backend.backend() == "torch":
+        # Integer ids are never cast; the policy alone keeps `__call__`.
+        assert calls == [mixed.image_encoder.name, mixed.text_encoder.name]
+
+
 def test_shorter_token_sequences_match_padded_ones():
     model = keras_clip.CLIPModel.from_preset("tiny-vit")
     _, ids = synthetic_pairs(model.config, 2)
