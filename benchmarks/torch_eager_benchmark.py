@@ -11,11 +11,16 @@ sides and open_clip's `CLIP` built from the same config, alternating rounds
 in one process (this machine is shared and noisy: compare columns of a row,
 not rows of different runs):
 
-- inference: `encode_image` / `encode_text` at batch 1 and 32 under
-  `torch.no_grad()`, embeddings back as NumPy;
+- inference: `encode_image` / `encode_text` at batch 1 and 32 (`--batches`)
+  under `torch.no_grad()`, embeddings back as NumPy;
 - training: one optimiser step (forward, backward, AdamW), keras_clip's
   `train_on_batch` against open_clip's model, `ClipLoss` and
   `torch.optim.AdamW`.
+
+`--sides` picks keras_clip's columns; "conv kernels uncached" runs the fused
+path with `layers.TORCH_CONV_KERNEL_CACHE` off (each convolution reads its
+kernel as a permuted view, as before the cache). `--no-train` skips the
+training step (ViT-B/32, RN50 inference).
 
 Prints a Markdown table of medians and the ratio to open_clip (> 1: faster).
 
@@ -47,7 +52,13 @@ from keras_clip import layers as clip_layers  # noqa: E402
 from keras_clip import make_optimizer  # noqa: E402
 from keras_clip.model import CLIPModel  # noqa: E402
 
-SIDES = ("open_clip", "keras_clip fused", "keras_clip Keras ops")
+# keras_clip's sides: the `keras_clip.layers` switches each runs with (all on
+# otherwise); `--sides` picks which run beside open_clip.
+KERAS_SIDES = {
+    "keras_clip fused": {},
+    "keras_clip Keras ops": {"TORCH_FUSED_BLOCKS": False},
+    "keras_clip fused, conv kernels uncached": {"TORCH_CONV_KERNEL_CACHE": False},
+}
 
 
 def open_clip_side(config, images, ids):
@@ -88,7 +99,7 @@ def open_clip_side(config, images, ids):
     return train, encoders
 
 
-def keras_side(preset, images, ids, fused):
+def keras_side(preset, images, ids, switches):
     keras.utils.set_random_seed(0)
     model = CLIPModel.from_preset(preset)
     model.compile(optimizer=make_optimizer(model, total_steps=10_000, warmup_steps=1))
@@ -96,11 +107,13 @@ def keras_side(preset, images, ids, fused):
 
     def switched(fn):
         def run():
-            clip_layers.TORCH_FUSED_BLOCKS = fused
+            for name, value in switches.items():
+                setattr(clip_layers, name, value)
             try:
                 return fn()
             finally:
-                clip_layers.TORCH_FUSED_BLOCKS = True
+                for name in switches:
+                    setattr(clip_layers, name, True)
         return run
 
     def encoders(n):
@@ -128,37 +141,48 @@ def main():
     parser.add_argument("--repeats", type=int, default=20,
                         help="inference calls per round and side (training: a fifth)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 32],
+                        help="inference batch sizes")
+    parser.add_argument("--no-train", action="store_true",
+                        help="time inference only (large models)")
+    parser.add_argument("--sides", nargs="+", choices=list(KERAS_SIDES),
+                        default=["keras_clip fused", "keras_clip Keras ops"],
+                        help="keras_clip sides to time beside open_clip")
     args = parser.parse_args()
+    names = ["open_clip"] + args.sides
     torch.set_num_threads(args.threads)
     rows = []
     for case in args.cases:
         preset, batch = case.split(":")
         config = CLIPModel.from_preset(preset).config
         images, ids = random_pairs(config, int(batch))
-        sides = {"open_clip": open_clip_side(config, images, ids),
-                 "keras_clip fused": keras_side(preset, images, ids, True),
-                 "keras_clip Keras ops": keras_side(preset, images, ids, False)}
+        sides = {"open_clip": open_clip_side(config, images, ids)}
+        for name in args.sides:
+            sides[name] = keras_side(preset, images, ids, KERAS_SIDES[name])
         jobs = {}
         for name, (train, encoders) in sides.items():
-            jobs[name, "train"] = train
-            for n in (1, 32):
+            if not args.no_train:
+                jobs[name, "train"] = train
+            for n in args.batches:
                 jobs[name, f"image b{n}"], jobs[name, f"text b{n}"] = encoders(n)
         for fn in jobs.values():  # warm-up: first calls build and allocate
             fn(), fn()
         times = alternating_rounds(
             jobs, args.rounds,
             lambda key: max(1, args.repeats // 5) if key[1] == "train" else args.repeats)
-        for what in ("train", "image b1", "image b32", "text b1", "text b32"):
-            ms = {name: 1e3 * statistics.median(times[name, what]) for name in SIDES}
+        whats = [] if args.no_train else ["train"]
+        whats += [f"{tower} b{n}" for tower in ("image", "text") for n in args.batches]
+        for what in whats:
+            ms = {name: 1e3 * statistics.median(times[name, what]) for name in names}
             ref = ms["open_clip"]
-            cells = " | ".join(f"{ms[name]:.2f} ({ref / ms[name]:.2f}x)" for name in SIDES)
+            cells = " | ".join(f"{ms[name]:.2f} ({ref / ms[name]:.2f}x)" for name in names)
             label = f"train step (batch {batch})" if what == "train" else what
             rows.append(f"| {preset} | {label} | {cells} |")
     print(f"\nMachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"{args.threads} torch threads; torch {torch.__version__}, keras {keras.__version__}; "
           f"median of {args.rounds} rounds, sides alternating; ms (speed vs open_clip).\n")
-    print("| case | what | " + " | ".join(SIDES) + " |")
-    print("|---|---|" + "---:|" * len(SIDES))
+    print("| case | what | " + " | ".join(names) + " |")
+    print("|---|---|" + "---:|" * len(names))
     print("\n".join(rows))
 
 
