@@ -4,7 +4,7 @@ import keras
 import numpy as np
 from keras import ops
 from keras.src.backend.common.stateless_scope import in_stateless_scope
-from keras.src.backend.common.variables import get_autocast_scope
+from keras.src.backend.common.variables import AutocastScope, get_autocast_scope
 
 from keras_clip import configs, distributed
 from keras_clip import layers as clip_layers
@@ -69,44 +69,46 @@ def _project(layer, features):
 
 
 def _tower(tower, inputs, training):
-    """`tower(inputs, training=training)`, skipping `Layer.__call__` where
-    it would do nothing on torch.
+    """`tower(inputs, training=training)`, skipping `Layer.__call__` on torch
+    inference.
 
     On torch each eager `Layer.__call__` of a tower costs ~0.1-0.2 ms
     (torch's module dispatch, then Keras's input conversion, name scope,
     call context, mask and loss bookkeeping over every sublayer), as much
     as a small model's whole batch-1 inference spends outside its kernels.
-    For inference of a built tower on a torch tensor (or array) whose
-    floats are already in its compute dtype, with no mixed precision, none
-    of that changes the result, so its `call` runs directly. Anything
-    else, and any tower with torch forward hooks (so that hooks registered
-    on a tower still fire), keeps `__call__`.
+    For inference of a built tower, only two of its steps change the
+    result, and they are done here: float inputs are cast to the compute
+    dtype, and under a mixed policy the tower's `call` runs in the autocast
+    scope that `__call__` would open (sublayers read their weights through
+    it). Training, towers with torch forward hooks (so that hooks
+    registered on a tower still fire), symbolic or stateless calls and
+    calls inside another autocast scope keep `__call__`.
     """
     if clip_layers._TORCH and not training:
         if isinstance(inputs, np.ndarray):
             inputs = ops.convert_to_tensor(inputs)  # as `__call__` would
-        if not _plain_torch_call(tower, inputs):
-            return tower(inputs, training=training)
-        if tower._call_has_training_arg:
-            return tower.call(inputs, training=False)
-        return tower.call(inputs)
+        if _plain_torch_call(tower, inputs):
+            compute = tower.compute_dtype
+            if inputs.is_floating_point() and keras.backend.standardize_dtype(inputs.dtype) != compute:
+                inputs = ops.cast(inputs, compute)
+            kwargs = {"training": False} if tower._call_has_training_arg else {}
+            if compute == tower.variable_dtype:
+                return tower.call(inputs, **kwargs)
+            with AutocastScope(compute):
+                return tower.call(inputs, **kwargs)
     return tower(inputs, training=training)
 
 
 def _plain_torch_call(layer, inputs):
+    """Whether `_tower` may run `layer.call(inputs)` without `__call__`."""
     import torch
     from torch.nn.modules import module as torch_module
 
-    policy = layer.dtype_policy
     return (
         layer.built
+        and layer.autocast
         and isinstance(inputs, torch.Tensor)
         and inputs.device.type != "meta"
-        and (
-            not inputs.is_floating_point()  # `__call__` casts only floats
-            or keras.backend.standardize_dtype(inputs.dtype) == layer.input_dtype
-        )
-        and policy.compute_dtype == policy.variable_dtype
         and get_autocast_scope() is None
         and not in_stateless_scope()
         and not (layer._forward_hooks or layer._forward_pre_hooks)

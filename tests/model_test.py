@@ -1,5 +1,6 @@
 """CLIPModel: shapes, presets, input errors, training with fit, the clamp."""
 
+import itertools
 import math
 
 import keras
@@ -8,6 +9,7 @@ import pytest
 
 import keras_clip
 from keras_clip import configs
+from keras_clip import layers as clip_layers
 
 
 def to_np(x):
@@ -227,21 +229,23 @@ def test_tf_encoders_use_xla_unless_jit_compile_false_is_asked_for():
         np.testing.assert_allclose(got, eager_text, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "mixed_bfloat16"])
 @pytest.mark.parametrize("name", ["tiny-vit", "tiny-resnet"])
-def test_encoders_equal_tower_call_and_numpy_projection(monkeypatch, name):
-    # On torch, float32 inference runs each tower's `call` without its
-    # `Layer.__call__` (`model._tower`). The embeddings must equal the
-    # tower's `__call__` output, projected and normalised in NumPy, for
+def test_encoders_equal_tower_call_and_numpy_projection(monkeypatch, name, dtype):
+    # On torch, inference runs each tower's `call` without its
+    # `Layer.__call__` (`model._tower`: the input cast and, for a mixed
+    # policy, the autocast scope done by hand). The embeddings must equal
+    # the tower's `__call__` output, projected and normalised in NumPy, for
     # NumPy and tensor inputs alike; the skip must happen where it should
-    # (no tower `__call__` for float32 inference) and not where it would
-    # change something (training, mixed precision, forward hooks).
+    # and not where it would change something (training, forward hooks).
     from keras_clip import model as model_module
 
-    model = keras_clip.CLIPModel.from_preset(name)
+    model = keras_clip.CLIPModel.from_preset(name, dtype=dtype)
     images, ids = synthetic_pairs(model.config, 3)
     model.image_encoder(images, training=True)  # ResNet: move the BN statistics
-    image_features = to_np(model.image_encoder(images, training=False))
-    text_features = to_np(model.text_encoder(ids))
+    image_features = to_np(keras.ops.cast(model.image_encoder(images, training=False), "float32"))
+    text_features = to_np(keras.ops.cast(model.text_encoder(ids), "float32"))
+    tol = 3e-2 if dtype == "mixed_bfloat16" else 1e-5
 
     def reference(features, projection):
         # The ResNet's attention pool projects itself (no image projection).
@@ -258,36 +262,35 @@ def test_encoders_equal_tower_call_and_numpy_projection(monkeypatch, name):
         return original_call(layer, *args, **kwargs)
 
     monkeypatch.setattr(keras.layers.Layer, "__call__", counting_call)
-    for x, y in ((images, ids), (keras.ops.convert_to_tensor(images), keras.ops.convert_to_tensor(ids))):
+    inputs = [(images, ids), (keras.ops.convert_to_tensor(images), keras.ops.convert_to_tensor(ids)),
+              (images.astype("float64"), ids.astype("int64"))]
+    # Torch's fused paths cast weights themselves; the Keras-ops path reads
+    # them through the autocast scope.
+    for fused, (x, y) in itertools.product((True, False), inputs):
+        monkeypatch.setattr(clip_layers, "TORCH_FUSED_BLOCKS", fused)
+        image, text = model.encode_image(x), model.encode_text(y)
+        assert [keras.backend.standardize_dtype(o.dtype) for o in (image, text)] == ["float32"] * 2
         np.testing.assert_allclose(
-            to_np(model.encode_image(x)),
-            reference(image_features, model.image_projection), atol=1e-5)
+            to_np(image), reference(image_features, model.image_projection), atol=tol)
         np.testing.assert_allclose(
-            to_np(model.encode_text(y)), reference(text_features, model.text_projection), atol=1e-5)
-    if keras.backend.backend() == "torch":
-        assert calls == []  # both towers skipped `__call__`
-        fired = []
-        handle = model.image_encoder.register_forward_hook(lambda *a: fired.append(1))
-        model.encode_image(images)
-        handle.remove()
-        assert fired == [1] and calls == [model.image_encoder.name]
-        del calls[:]
-        model.encode_image(images, training=True)
-        assert calls == [model.image_encoder.name]
-        assert model_module._plain_torch_call(model.text_encoder, keras.ops.convert_to_tensor(ids))
-        assert not model_module._plain_torch_call(
-            model.image_encoder, keras.ops.convert_to_tensor(images.astype("float64")))
-    mixed = keras_clip.CLIPModel.from_preset(name, dtype="mixed_bfloat16")
-    towers += [mixed.image_encoder, mixed.text_encoder]
-    if keras.backend.backend() == "torch":
-        x = keras.ops.convert_to_tensor(images)
-        assert not model_module._plain_torch_call(mixed.image_encoder, x)
+            to_np(text), reference(text_features, model.text_projection), atol=tol)
+        # Unnormalised, the features keep the compute dtype, as `__call__` gives them.
+        raw = model.encode_image(x, normalize=False), model.encode_text(y, normalize=False)
+        assert [keras.backend.standardize_dtype(o.dtype) for o in raw] == [model.compute_dtype] * 2
+    monkeypatch.setattr(clip_layers, "TORCH_FUSED_BLOCKS", True)
+    if keras.backend.backend() != "torch":
+        return
+    assert calls == []  # both towers skipped `__call__`
+    fired = []
+    handle = model.image_encoder.register_forward_hook(lambda *a: fired.append(1))
+    model.encode_image(images)
+    handle.remove()
+    assert fired == [1] and calls == [model.image_encoder.name]
     del calls[:]
-    out = mixed.encode_image(images), mixed.encode_text(ids)
-    assert [keras.backend.standardize_dtype(o.dtype) for o in out] == ["float32"] * 2
-    if keras.backend.backend() == "torch":
-        # Integer ids are never cast; the policy alone keeps `__call__`.
-        assert calls == [mixed.image_encoder.name, mixed.text_encoder.name]
+    model.encode_image(images, training=True)
+    assert calls == [model.image_encoder.name]
+    with keras.src.backend.common.variables.AutocastScope("float16"):
+        assert not model_module._plain_torch_call(model.text_encoder, keras.ops.convert_to_tensor(ids))
 
 
 def test_shorter_token_sequences_match_padded_ones():
