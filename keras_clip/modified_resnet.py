@@ -260,8 +260,11 @@ class Bottleneck(keras.layers.Layer):
 
         training = bool(training)
         identity = x
-        out = torch.relu(_torch_conv_bn(self.conv1, self.bn1, x, training))
-        out = torch.relu(_torch_conv_bn(self.conv2, self.bn2, out, training, padding=1))
+        # In place on each batch norm's fresh output (its backward needs its
+        # input, not its output), as open_clip's `ReLU(inplace=True)`: one
+        # allocation less per activation.
+        out = torch.relu_(_torch_conv_bn(self.conv1, self.bn1, x, training))
+        out = torch.relu_(_torch_conv_bn(self.conv2, self.bn2, out, training, padding=1))
         if self.pool is not None:
             out = F.avg_pool2d(out, self.stride)
         out = _torch_conv_bn(self.conv3, self.bn3, out, training)
@@ -271,7 +274,7 @@ class Bottleneck(keras.layers.Layer):
             identity = _torch_conv_bn(
                 self.downsample_conv, self.downsample_bn, identity, training
             )
-        return torch.relu(out + identity)
+        return torch.relu_(out.add_(identity))
 
     def compute_output_shape(self, input_shape):
         b, h, w, _ = input_shape
@@ -503,7 +506,7 @@ class ModifiedResNet(keras.layers.Layer):
 
         training = bool(training)
         for conv, norm in zip(*self._stem_convs_and_norms()):
-            x = torch.relu(
+            x = torch.relu_(
                 _torch_conv_bn(conv, norm, x, training, stride=conv.strides[0], padding=1)
             )
         return F.avg_pool2d(x, 2)
