@@ -19,8 +19,12 @@ not rows of different runs):
 
 `--sides` picks keras_clip's columns; "conv kernels uncached" runs the fused
 path with `layers.TORCH_CONV_KERNEL_CACHE` off (each convolution reads its
-kernel as a permuted view, as before the cache). `--no-train` skips the
-training step (ViT-B/32, RN50 inference).
+kernel as a permuted view, as before the cache), "towers through __call__"
+runs inference through each tower's `Layer.__call__` (as before
+`model._tower` skipped it). `--no-train` skips the training step (ViT-B/32,
+RN50 inference). `--dtype mixed_bfloat16` runs keras_clip under that policy
+and open_clip under `torch.autocast(bfloat16)`: on the CPU, a stand-in for
+the GPU's small calls, which Python-side dispatch bounds.
 
 Prints a Markdown table of medians and the ratio to open_clip (> 1: faster).
 
@@ -50,18 +54,22 @@ import torch  # noqa: E402
 from benchmarks.open_clip_benchmark import alternating_rounds, random_pairs  # noqa: E402
 from keras_clip import layers as clip_layers  # noqa: E402
 from keras_clip import make_optimizer  # noqa: E402
+from keras_clip import model as clip_model  # noqa: E402
 from keras_clip.model import CLIPModel  # noqa: E402
 
-# keras_clip's sides: the `keras_clip.layers` switches each runs with (all on
-# otherwise); `--sides` picks which run beside open_clip.
+# keras_clip's sides: the module attributes each runs with (set for its calls
+# only); `--sides` picks which run beside open_clip.
 KERAS_SIDES = {
     "keras_clip fused": {},
-    "keras_clip Keras ops": {"TORCH_FUSED_BLOCKS": False},
-    "keras_clip fused, conv kernels uncached": {"TORCH_CONV_KERNEL_CACHE": False},
+    "keras_clip Keras ops": {(clip_layers, "TORCH_FUSED_BLOCKS"): False},
+    "keras_clip fused, conv kernels uncached": {(clip_layers, "TORCH_CONV_KERNEL_CACHE"): False},
+    # Inference through each tower's `Layer.__call__` (`model._tower`'s skip off).
+    "keras_clip fused, towers through __call__": {
+        (clip_model, "_plain_torch_call"): lambda layer, inputs: False},
 }
 
 
-def open_clip_side(config, images, ids):
+def open_clip_side(config, images, ids, dtype):
     import open_clip
     from open_clip.loss import ClipLoss
 
@@ -73,12 +81,19 @@ def open_clip_side(config, images, ids):
     t = torch.tensor(ids, dtype=torch.long)
     loss_fn = ClipLoss()
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.2)
+    # open_clip's mixed precision: autocast around the model (`--precision amp_bf16`).
+    bf16 = dtype == "mixed_bfloat16"
+
+    def autocast():
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
 
     def train():
         model.train()
         optimizer.zero_grad(set_to_none=True)
-        image, text, scale = model(x, t)
-        loss_fn(image, text, scale).backward()
+        with autocast():
+            image, text, scale = model(x, t)
+            loss = loss_fn(image, text, scale)
+        loss.backward()
         optimizer.step()
 
     def encoders(n):
@@ -86,34 +101,35 @@ def open_clip_side(config, images, ids):
 
         def image():
             model.eval()
-            with torch.no_grad():
-                return model.encode_image(xi, normalize=True).numpy()
+            with torch.no_grad(), autocast():
+                return model.encode_image(xi, normalize=True).float().numpy()
 
         def text():
             model.eval()
-            with torch.no_grad():
-                return model.encode_text(xt, normalize=True).numpy()
+            with torch.no_grad(), autocast():
+                return model.encode_text(xt, normalize=True).float().numpy()
 
         return image, text
 
     return train, encoders
 
 
-def keras_side(preset, images, ids, switches):
+def keras_side(preset, images, ids, switches, dtype):
     keras.utils.set_random_seed(0)
-    model = CLIPModel.from_preset(preset)
+    model = CLIPModel.from_preset(preset, dtype=dtype)
     model.compile(optimizer=make_optimizer(model, total_steps=10_000, warmup_steps=1))
     batch = {"images": images, "token_ids": ids}
 
     def switched(fn):
         def run():
-            for name, value in switches.items():
-                setattr(clip_layers, name, value)
+            saved = {key: getattr(*key) for key in switches}
+            for (module, name), value in switches.items():
+                setattr(module, name, value)
             try:
                 return fn()
             finally:
-                for name in switches:
-                    setattr(clip_layers, name, True)
+                for (module, name), value in saved.items():
+                    setattr(module, name, value)
         return run
 
     def encoders(n):
@@ -145,6 +161,9 @@ def main():
                         help="inference batch sizes")
     parser.add_argument("--no-train", action="store_true",
                         help="time inference only (large models)")
+    parser.add_argument("--dtype", choices=["float32", "mixed_bfloat16"], default="float32",
+                        help="keras_clip's dtype policy; open_clip runs under "
+                             "torch.autocast(bfloat16) for mixed_bfloat16")
     parser.add_argument("--sides", nargs="+", choices=list(KERAS_SIDES),
                         default=["keras_clip fused", "keras_clip Keras ops"],
                         help="keras_clip sides to time beside open_clip")
@@ -156,9 +175,9 @@ def main():
         preset, batch = case.split(":")
         config = CLIPModel.from_preset(preset).config
         images, ids = random_pairs(config, int(batch))
-        sides = {"open_clip": open_clip_side(config, images, ids)}
+        sides = {"open_clip": open_clip_side(config, images, ids, args.dtype)}
         for name in args.sides:
-            sides[name] = keras_side(preset, images, ids, KERAS_SIDES[name])
+            sides[name] = keras_side(preset, images, ids, KERAS_SIDES[name], args.dtype)
         jobs = {}
         for name, (train, encoders) in sides.items():
             if not args.no_train:
@@ -179,7 +198,7 @@ def main():
             label = f"train step (batch {batch})" if what == "train" else what
             rows.append(f"| {preset} | {label} | {cells} |")
     print(f"\nMachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"{args.threads} torch threads; torch {torch.__version__}, keras {keras.__version__}; "
+          f"{args.threads} torch threads; {args.dtype}; torch {torch.__version__}, keras {keras.__version__}; "
           f"median of {args.rounds} rounds, sides alternating; ms (speed vs open_clip).\n")
     print("| case | what | " + " | ".join(names) + " |")
     print("|---|---|" + "---:|" * len(names))
