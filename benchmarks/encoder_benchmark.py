@@ -16,7 +16,14 @@ Prints a Markdown table: the first call of each input shape (tracing and
 compilation; open_clip has none), then the median per call and the speed
 against open_clip (> 1: faster).
 
-    KERAS_BACKEND=tensorflow python benchmarks/encoder_benchmark.py [--cases tiny-vit:32 demo-resnet:32] [--rounds 5]
+`--train B` adds a training-step row per case (batch B; forward, backward
+and AdamW; open_clip's model, `ClipLoss` and `torch.optim.AdamW` against
+keras_clip's `train_on_batch`), in the same alternating rounds, a fifth as
+many calls as inference. On TF the first model is compiled with
+`jit_compile=True` and the second with `jit_compile=False` (Keras's choice
+on CPUs), so that both columns keep their meaning for training too.
+
+    KERAS_BACKEND=tensorflow python benchmarks/encoder_benchmark.py [--cases tiny-vit:32 demo-resnet:32] [--rounds 5] [--train 64]
     KERAS_BACKEND=jax python benchmarks/encoder_benchmark.py
 """
 
@@ -46,6 +53,7 @@ import torch  # noqa: E402
 
 from benchmarks.open_clip_benchmark import alternating_rounds, random_pairs  # noqa: E402
 from benchmarks.torch_eager_benchmark import open_clip_side  # noqa: E402
+from keras_clip import make_optimizer  # noqa: E402
 from keras_clip.model import CLIPModel  # noqa: E402
 
 BACKEND = keras.backend.backend()
@@ -78,6 +86,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=20, help="calls per round and side")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--train", type=int, default=0, metavar="B",
+                        help="also time a training step at batch B (0: no)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if BACKEND == "tensorflow":
@@ -106,6 +116,15 @@ def main():
             plain.jit_compile = False
             sides[SIDES[2]] = keras_encoders(plain, images, ids)
         jobs, first = {}, {}
+        if args.train:
+            train_images, train_ids = random_pairs(model.config, args.train)
+            jobs[SIDES[0], "train"] = open_clip_side(model.config, train_images, train_ids)[0]
+            train_batch = {"images": train_images, "token_ids": train_ids}
+            xla = {SIDES[1]: True, SIDES[2]: False} if BACKEND == "tensorflow" else {SIDES[1]: "auto"}
+            for name, m in zip(SIDES[1:], [model] + ([plain] if BACKEND == "tensorflow" else [])):
+                m.compile(optimizer=make_optimizer(m, total_steps=10_000, warmup_steps=1),
+                          jit_compile=xla[name])
+                jobs[name, "train"] = lambda m=m: m.train_on_batch(train_batch)
         for name, encoders in sides.items():
             for n in (1, batch):
                 jobs[name, f"image b{n}"], jobs[name, f"text b{n}"] = encoders(n)
@@ -114,13 +133,17 @@ def main():
             fn()
             first[key] = time.perf_counter() - start
             fn()
-        times = alternating_rounds(jobs, args.rounds, lambda key: args.repeats)
-        for what in ("image b1", f"image b{batch}", "text b1", f"text b{batch}"):
+        times = alternating_rounds(
+            jobs, args.rounds,
+            lambda key: max(1, args.repeats // 5) if key[1] == "train" else args.repeats)
+        whats = ["train"] if args.train else []
+        for what in whats + ["image b1", f"image b{batch}", "text b1", f"text b{batch}"]:
             ms = {name: 1e3 * statistics.median(times[name, what]) for name in SIDES}
             ref = ms["open_clip"]
             cells = " | ".join(f"{ms[name]:.2f} ({ref / ms[name]:.2f}x)" for name in SIDES)
             firsts = " / ".join(f"{first[name, what]:.2f}" for name in SIDES[1:])
-            rows.append(f"| {preset} | {what} | {firsts} | {cells} |")
+            label = f"train step (batch {args.train})" if what == "train" else what
+            rows.append(f"| {preset} | {label} | {firsts} | {cells} |")
     print(f"\nMachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"{args.threads} threads for torch and TF; {versions}, "
           f"torch {torch.__version__}, keras {keras.__version__}; median of {args.rounds} "

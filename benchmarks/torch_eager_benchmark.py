@@ -69,7 +69,7 @@ KERAS_SIDES = {
 }
 
 
-def open_clip_side(config, images, ids, dtype):
+def open_clip_side(config, images, ids, dtype="float32"):
     import open_clip
     from open_clip.loss import ClipLoss
 
