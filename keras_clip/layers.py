@@ -131,9 +131,13 @@ def torch_conv_kernel(conv, like):
     ):
         return entry[4]
     # A normal tensor even under `inference_mode`, so that a later call with
-    # gradients for the activations may save it for the backward pass.
+    # gradients for the activations may save it for the backward pass; and
+    # always a copy (`contiguous()` may return a view, which would keep the
+    # weight's tensor, and so this entry, alive for good).
     with torch.inference_mode(False), torch.no_grad():
-        kernel = value.to(like.dtype).permute(3, 2, 0, 1).contiguous()
+        kernel = value.to(like.dtype).permute(3, 2, 0, 1).clone(
+            memory_format=torch.contiguous_format
+        )
     ref = weakref.ref(value, lambda _, key=key: _conv_kernels.pop(key, None))
     _conv_kernels[key] = (ref, value._version, like.dtype, value.device, kernel)
     return kernel

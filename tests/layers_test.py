@@ -547,6 +547,18 @@ def test_conv_kernel_cache_follows_every_weight_update(monkeypatch):
     del tower, conv, cached, view, optimizer, vit
     gc.collect()
     assert len(clip_layers._conv_kernels) < before
+    # Even for a kernel whose (out, in, kh, kw) view is already contiguous
+    # (1x1, one channel), where a view of the weight would keep it alive.
+    single = keras.layers.Conv2D(1, 1, use_bias=False)
+    single.build((None, 4, 4, 1))
+    with torch.no_grad():
+        kernel = clip_layers.torch_conv_kernel(single, images)
+    assert kernel._base is None
+    key = id(single.kernel.value)
+    assert key in clip_layers._conv_kernels
+    del single, kernel
+    gc.collect()
+    assert key not in clip_layers._conv_kernels
 
 
 def _bn_output_and_input_grad(layer, x, weights):
