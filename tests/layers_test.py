@@ -471,7 +471,7 @@ def test_conv_kernel_cache_follows_every_weight_update(monkeypatch):
     randomize(tower)
     x = rng.standard_normal((2, 32, 32, 3)).astype("float32")
 
-    def infer(fused=True):
+    def infer(tower, fused=True):
         monkeypatch.setattr(clip_layers, "TORCH_FUSED_BLOCKS", fused)
         if torch_backend:
             import torch
@@ -480,24 +480,24 @@ def test_conv_kernel_cache_follows_every_weight_update(monkeypatch):
                 return keras.ops.convert_to_numpy(tower(x, training=False))
         return keras.ops.convert_to_numpy(tower(x, training=False))
 
-    def check():
-        got = infer()  # fused: fills or reuses the cache
-        np.testing.assert_allclose(got, infer(fused=False), atol=1e-4 * np.abs(got).max())
-        np.testing.assert_array_equal(infer(), got)  # the cached copies again
+    def check(tower):
+        got = infer(tower)  # fused: fills or reuses the cache
+        np.testing.assert_allclose(got, infer(tower, fused=False), atol=1e-4 * np.abs(got).max())
+        np.testing.assert_array_equal(infer(tower), got)  # the cached copies again
         return got
 
-    first = check()
+    first = check(tower)
     conv = tower.blocks[0].conv2
     conv.kernel.assign(rng.standard_normal(tuple(conv.kernel.shape)).astype("float32"))
-    second = check()
+    second = check(tower)
     assert np.abs(second - first).max() > 1e-3
     randomize(tower, seed=1)
-    third = check()
+    third = check(tower)
     assert np.abs(third - second).max() > 1e-3
     optimizer = AdamW(learning_rate=0.05)
     grads = [rng.standard_normal(tuple(v.shape)).astype("float32") for v in tower.trainable_variables]
     optimizer.apply([keras.ops.convert_to_tensor(g) for g in grads], tower.trainable_variables)
-    assert np.abs(check() - third).max() > 1e-3
+    assert np.abs(check(tower) - third).max() > 1e-3
     if not torch_backend:
         return
     import gc
