@@ -107,23 +107,26 @@ def main():
         keras.utils.set_random_seed(0)
         model = CLIPModel.from_preset(preset)
         images, ids = random_pairs(model.config, batch)
-        sides = {SIDES[0]: open_clip_side(model.config, images, ids)[1],
-                 SIDES[1]: keras_encoders(model, images, ids)}
+        # keras_clip's model of each column, with the `jit_compile` it trains
+        # with under --train (TF: XLA / Keras's CPU choice, as the columns say).
+        models = {SIDES[1]: (model, True if BACKEND == "tensorflow" else "auto")}
         if BACKEND == "tensorflow":
             # The same weights in a second model whose encoders run without XLA.
             plain = CLIPModel.from_preset(preset)
             plain.set_weights(model.get_weights())
             plain.jit_compile = False
-            sides[SIDES[2]] = keras_encoders(plain, images, ids)
+            models[SIDES[2]] = (plain, False)
+        sides = {SIDES[0]: open_clip_side(model.config, images, ids)[1]}
+        for name, (m, _) in models.items():
+            sides[name] = keras_encoders(m, images, ids)
         jobs, first = {}, {}
         if args.train:
             train_images, train_ids = random_pairs(model.config, args.train)
             jobs[SIDES[0], "train"] = open_clip_side(model.config, train_images, train_ids)[0]
             train_batch = {"images": train_images, "token_ids": train_ids}
-            xla = {SIDES[1]: True, SIDES[2]: False} if BACKEND == "tensorflow" else {SIDES[1]: "auto"}
-            for name, m in zip(SIDES[1:], [model] + ([plain] if BACKEND == "tensorflow" else [])):
+            for name, (m, jit_compile) in models.items():
                 m.compile(optimizer=make_optimizer(m, total_steps=10_000, warmup_steps=1),
-                          jit_compile=xla[name])
+                          jit_compile=jit_compile)
                 jobs[name, "train"] = lambda m=m: m.train_on_batch(train_batch)
         for name, encoders in sides.items():
             for n in (1, batch):
