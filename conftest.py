@@ -55,3 +55,9 @@ if _GPU and os.environ.get("KERAS_BACKEND") == "torch":
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
+
+# The library's XLA CPU tuning, the explicit call the CLI and the demo make
+# (nothing is set at import); after XLA_FLAGS above, before JAX's client starts.
+from keras_clip import backends as _backends  # noqa: E402
+
+_backends.tune_xla_cpu()

@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from keras_clip import augment
+from keras_clip.data import augment
 from keras_clip import data
 
 
@@ -44,7 +44,7 @@ def get_tokenizer(kind):
     if kind == "hash":
         return hash_tokenizer, "hash stand-in"
     try:
-        from keras_clip.tokenizer import CLIPTokenizer
+        from keras_clip.text.tokenizer import CLIPTokenizer
 
         return CLIPTokenizer.from_openai_vocab(), "CLIPTokenizer (OpenAI BPE)"
     except Exception as error:  # the tokenizer may not be there yet
@@ -55,7 +55,7 @@ def image_by_image(pixels, captions, tokenizer, batch_size, size, **options):
     """`from_arrays`'s pipeline as it was before it augmented whole batches:
     the same stages, but the arrays' shape hidden from `build_pipeline`, so
     it maps `augment.train_transform` over single images (no shuffle)."""
-    from keras_clip import data_pipeline
+    from keras_clip.data import pipeline as data_pipeline
 
     raw = tf.data.Dataset.from_tensor_slices(
         (pixels, [c.encode() for c in captions], np.zeros(len(captions), np.int32)))
@@ -196,7 +196,7 @@ def main():
              lambda: image_by_image(pixels, captions, tokenizer, bs, 224, **common)),
         ]
         try:
-            from keras_clip.datasets import emoji
+            from keras_clip.data.datasets import emoji
 
             twemoji = emoji.load_twemoji(image_size=32, split="train")
             demo = dict(training=True, seed=0, crop_scale=(0.8, 1.0), rotation=10.0,

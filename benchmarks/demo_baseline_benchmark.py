@@ -9,7 +9,7 @@ Trains, in one run on this machine:
    random-resized crop + rotation, for `--minutes` of training; on the
    demo's captions (the names, and the aliases as often as the demo draws
    them: `--alias-probability`);
-2. the demo itself (`keras_clip.demo.run` with its defaults), for the same
+2. the demo itself (`keras_clip_app.demo.run` with its defaults), for the same
    time.
 
 Both spread their cosine decay over the time budget by default
@@ -40,9 +40,12 @@ from keras import layers, ops  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from keras_clip import augment, data, demo, zero_shot  # noqa: E402
-from keras_clip.callbacks import TimeBudgetCosineDecay  # noqa: E402
-from keras_clip.datasets import emoji  # noqa: E402
+from keras_clip.data import augment
+from keras_clip import data
+from keras_clip_app import demo
+from keras_clip.evaluation import zero_shot  # noqa: E402
+from keras_clip.evaluation.callbacks import TimeBudgetCosineDecay  # noqa: E402
+from keras_clip.data.datasets import emoji  # noqa: E402
 from keras_clip.losses import clip_logits, contrastive_loss  # noqa: E402
 from keras_clip.optimizers import WarmupCosineDecay  # noqa: E402
 

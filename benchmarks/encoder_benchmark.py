@@ -54,7 +54,7 @@ import torch  # noqa: E402
 from benchmarks.open_clip_benchmark import alternating_rounds, random_pairs  # noqa: E402
 from benchmarks.torch_eager_benchmark import open_clip_side  # noqa: E402
 from keras_clip import make_optimizer  # noqa: E402
-from keras_clip.model import CLIPModel  # noqa: E402
+from keras_clip.models.clip_model import CLIPModel  # noqa: E402
 
 BACKEND = keras.backend.backend()
 if BACKEND == "tensorflow":

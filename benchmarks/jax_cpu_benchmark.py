@@ -1,8 +1,8 @@
 """JAX on the CPU: A/B of the two switches keras_clip sets for XLA's CPU backend.
 
-- `pointwise`: `keras_clip.modified_resnet.JAX_POINTWISE_MATMUL` runs the
+- `pointwise`: `keras_clip.models.modified_resnet.JAX_POINTWISE_MATMUL` runs the
   ResNet bottlenecks' 1x1 convolutions as matrix products.
-- `boundaries`: `keras_clip.layers.JAX_CPU_GRADIENT_BOUNDARIES` passes the
+- `boundaries`: `keras_clip.models.layers.JAX_CPU_GRADIENT_BOUNDARIES` passes the
   residual stream's gradient through a tiny identity matmul between
   transformer blocks, so XLA's fusion stops re-adding it in every block.
 
@@ -28,8 +28,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from keras_clip import layers, make_optimizer, modified_resnet  # noqa: E402
-from keras_clip.model import CLIPModel  # noqa: E402
+from keras_clip import make_optimizer
+from keras_clip.models import layers
+from keras_clip.models import modified_resnet  # noqa: E402
+from keras_clip.models.clip_model import CLIPModel  # noqa: E402
 
 SWITCHES = {
     "pointwise": (modified_resnet, "JAX_POINTWISE_MATMUL", "XLA conv", "matmul",

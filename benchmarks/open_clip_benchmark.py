@@ -122,7 +122,7 @@ def open_clip_worker(preset, batch, steps, device):
     import torch
     from open_clip.loss import ClipLoss
 
-    from keras_clip import configs
+    from keras_clip.models import config as configs
     from keras_clip.convert import open_clip_model_config
 
     config = configs.get_preset(preset)
@@ -270,7 +270,7 @@ def keras_hub_worker(preset, batch, steps, device):
     import keras
     import keras_hub
 
-    from keras_clip import configs
+    from keras_clip.models import config as configs
 
     config = configs.get_preset(preset)
     if config.vision != "vit":
@@ -348,7 +348,7 @@ def main():
         print("RESULT " + json.dumps(fn(preset, batch_size(preset, args.device), args.steps,
                                         args.device)))
         return
-    from keras_clip import configs
+    from keras_clip.models import config as configs
 
     if args.device == "cpu":
         ceiling = matmul_ceiling(args.threads)

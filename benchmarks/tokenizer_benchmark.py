@@ -84,7 +84,7 @@ def main():
     import keras_hub
     import open_clip
 
-    from keras_clip.tokenizer import CLIPTokenizer
+    from keras_clip.text.tokenizer import CLIPTokenizer
 
     captions = make_captions(args.texts)
     mojibake = with_mojibake(captions, args.mojibake)

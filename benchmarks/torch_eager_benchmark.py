@@ -4,7 +4,7 @@ open_clip, in one process, rounds alternating.
 On torch every op of keras_clip runs eagerly, as open_clip's do, so at a
 small model's size Python-side dispatch (Keras's op wrappers, `Layer.__call__`,
 variable reads) rather than arithmetic decides the speed.
-`keras_clip.layers.TORCH_FUSED_BLOCKS` (on by default) runs the built towers,
+`keras_clip.models.layers.TORCH_FUSED_BLOCKS` (on by default) runs the built towers,
 blocks and projections as direct `torch.nn.functional` calls; switching it off
 gives the plain Keras-ops path of the same model. This script times both
 sides and open_clip's `CLIP` built from the same config, alternating rounds
@@ -52,10 +52,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.open_clip_benchmark import alternating_rounds, random_pairs  # noqa: E402
-from keras_clip import layers as clip_layers  # noqa: E402
+from keras_clip.models import layers as clip_layers  # noqa: E402
 from keras_clip import make_optimizer  # noqa: E402
-from keras_clip import model as clip_model  # noqa: E402
-from keras_clip.model import CLIPModel  # noqa: E402
+from keras_clip.models import clip_model  # noqa: E402
+from keras_clip.models.clip_model import CLIPModel  # noqa: E402
 
 # keras_clip's sides: the module attributes each runs with (set for its calls
 # only); `--sides` picks which run beside open_clip.

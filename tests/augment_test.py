@@ -1,4 +1,4 @@
-"""Tests for keras_clip.augment against NumPy / PIL references."""
+"""Tests for keras_clip.data.augment against NumPy / PIL references."""
 
 import math
 
@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from keras_clip import augment
+from keras_clip.data import augment
 
 
 def smooth_image(seed, h, w):

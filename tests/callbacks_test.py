@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 import keras_clip
-from keras_clip import callbacks, retrieval, zero_shot
+from keras_clip.evaluation import callbacks
+from keras_clip.evaluation import retrieval
+from keras_clip.evaluation import zero_shot
 
 WORDS = ["red", "green", "blue", "cat", "dog", "car", "tree", "house"]
 CLASSNAMES = ["cat", "dog", "car"]

@@ -15,8 +15,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import keras_clip_cli
-from keras_clip import app, image_files, retrieval, zero_shot
+import keras_clip_app.cli
+from keras_clip_app import commands as app
+from keras_clip.data import image_files
+from keras_clip.evaluation import retrieval
+from keras_clip.evaluation import zero_shot
 
 COLORS = {"red": (220, 30, 30), "green": (30, 180, 60), "blue": (40, 60, 220)}
 SHAPES = ("square", "disc")
@@ -60,7 +63,7 @@ def workspace(tmp_path_factory):
 
 
 def run(*argv):
-    return keras_clip_cli.main([*argv])
+    return keras_clip_app.cli.main([*argv])
 
 
 @pytest.fixture(scope="module")
@@ -167,11 +170,11 @@ def test_embed_images_and_texts(trained):
 
 def test_help_documents_every_option_without_importing_keras():
     code = (
-        "import sys, keras_clip_cli\n"
+        "import sys, keras_clip_app.cli\n"
         "for cmd in (['train'], ['eval', 'zeroshot'], ['eval', 'retrieval'], "
         "['eval', 'linear-probe'], ['embed'], ['demo']):\n"
         "    try:\n"
-        "        keras_clip_cli.main(cmd + ['--help'])\n"
+        "        keras_clip_app.cli.main(cmd + ['--help'])\n"
         "    except SystemExit:\n"
         "        pass\n"
         "print('KERAS_IMPORTED', 'keras' in sys.modules)\n"
@@ -198,9 +201,9 @@ def test_demo_command_defaults_are_the_demo_defaults():
     # that `demo.run` (and the README's measurements) use.
     import inspect
 
-    from keras_clip import demo as demo_app
+    from keras_clip_app import demo as demo_app
 
-    args = vars(keras_clip_cli.build_parser().parse_args(["demo"]))
+    args = vars(keras_clip_app.cli.build_parser().parse_args(["demo"]))
     defaults = inspect.signature(demo_app.run).parameters
     shared = [name for name in args if name in defaults]
     assert len(shared) >= 10
@@ -209,7 +212,7 @@ def test_demo_command_defaults_are_the_demo_defaults():
 
 
 def test_jit_compile_option_parses_and_rejects_other_words(capsys):
-    parser = keras_clip_cli.build_parser()
+    parser = keras_clip_app.cli.build_parser()
     base = ["train", "--train-data", "x.csv", "--output-dir", "out"]
     for word, value in (("auto", "auto"), ("true", True), ("False", False)):
         assert parser.parse_args([*base, "--jit-compile", word]).jit_compile == value
@@ -221,7 +224,7 @@ def test_jit_compile_option_parses_and_rejects_other_words(capsys):
 
 
 def test_token_multiple_option_parses_and_rejects_negatives(capsys):
-    parser = keras_clip_cli.build_parser()
+    parser = keras_clip_app.cli.build_parser()
     base = ["train", "--train-data", "x.csv", "--output-dir", "out"]
     assert parser.parse_args(base).token_multiple == 0
     assert parser.parse_args([*base, "--token-multiple", "8"]).token_multiple == 8

@@ -378,7 +378,9 @@ def test_convert_command_writes_a_complete_keras_file(vit, tmp_path):
 
     save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, tmp_path / "m.safetensors")
     out = tmp_path / "m.keras"
-    assert convert.convert_main([str(tmp_path / "m.safetensors"), str(out), "--activation", "quick_gelu"]) == 0
+    from keras_clip_app import cli
+
+    assert cli.main(["convert", str(tmp_path / "m.safetensors"), str(out), "--activation", "quick_gelu"]) == 0
     loaded = keras.saving.load_model(out)
     images, tokens = _inputs(32)
     expected = convert.from_open_clip(tmp_path / "m.safetensors", activation="quick_gelu")

@@ -11,7 +11,7 @@ import tensorflow as tf
 from PIL import Image
 
 from keras_clip import data
-from keras_clip import data_pipeline
+from keras_clip.data import pipeline as data_pipeline
 
 L = 8  # context length of the stand-in tokenizer
 SIZE = 16

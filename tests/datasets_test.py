@@ -1,11 +1,11 @@
-"""Tests for keras_clip.datasets: the Twemoji and Noto Color Emoji sets."""
+"""Tests for keras_clip.data.datasets: the Twemoji and Noto Color Emoji sets."""
 
 import os
 
 import numpy as np
 import pytest
 
-from keras_clip.datasets import emoji
+from keras_clip.data.datasets import emoji
 
 SIZE = 16
 HAS_NOTO = any(os.path.isfile(p) for p in emoji.NOTO_FONT_PATHS)

@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 import keras_clip
-from keras_clip import demo, zero_shot
+from keras_clip_app import demo
+from keras_clip.evaluation import zero_shot
 
 
 def test_concept_top1_counts_a_right_concept_in_any_skin_tone(monkeypatch):

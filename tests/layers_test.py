@@ -4,23 +4,23 @@ import keras
 import numpy as np
 import pytest
 
-from keras_clip.layers import (
+from keras_clip.models.layers import (
     MultiHeadSelfAttention,
     ResidualAttentionBlock,
     Transformer,
     get_activation,
     quick_gelu,
 )
-from keras_clip import layers as clip_layers
-from keras_clip import modified_resnet
-from keras_clip.modified_resnet import (
+from keras_clip.models import layers as clip_layers
+from keras_clip.models import modified_resnet
+from keras_clip.models.modified_resnet import (
     AttentionPool2d,
     Bottleneck,
     GlobalBatchNormalization,
     ModifiedResNet,
 )
-from keras_clip.text_encoder import TextTransformer, end_of_text_positions
-from keras_clip.vision_transformer import VisionTransformer
+from keras_clip.models.text_transformer import TextTransformer, end_of_text_positions
+from keras_clip.models.vision_transformer import VisionTransformer
 from tests.layer_checks import check_layer
 
 

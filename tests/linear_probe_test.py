@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from keras_clip import linear_probe as lp
+from keras_clip.evaluation import linear_probe as lp
 
 
 def loop_loss(w, b, x, y, l2):

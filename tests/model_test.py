@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import keras_clip
-from keras_clip import configs
-from keras_clip import layers as clip_layers
+from keras_clip.models import config as configs
+from keras_clip.models import layers as clip_layers
 
 
 def to_np(x):
@@ -238,7 +238,7 @@ def test_encoders_equal_tower_call_and_numpy_projection(monkeypatch, name, dtype
     # the tower's `__call__` output, projected and normalised in NumPy, for
     # NumPy and tensor inputs alike; the skip must happen where it should
     # and not where it would change something (training, forward hooks).
-    from keras_clip import model as model_module
+    from keras_clip.models import clip_model as model_module
 
     model = keras_clip.CLIPModel.from_preset(name, dtype=dtype)
     images, ids = synthetic_pairs(model.config, 3)

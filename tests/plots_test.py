@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from keras_clip import plots
+from keras_clip_app import plots
 
 
 def png_size(path):

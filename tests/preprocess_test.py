@@ -13,8 +13,8 @@ from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg  # noqa: E402
 from open_clip.transform import image_transform  # noqa: E402
 
 from keras_clip import convert  # noqa: E402
-from keras_clip.configs import OPENAI_IMAGE_MEAN, OPENAI_IMAGE_STD  # noqa: E402
-from keras_clip.preprocess import preprocess_images  # noqa: E402
+from keras_clip.models.config import OPENAI_IMAGE_MEAN, OPENAI_IMAGE_STD  # noqa: E402
+from keras_clip.data.preprocess import preprocess_images  # noqa: E402
 
 
 def random_image(width, height, seed):

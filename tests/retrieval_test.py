@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from keras_clip import retrieval
+from keras_clip.evaluation import retrieval
 
 
 def loop_ranks(img, txt, text_to_image):

@@ -1,4 +1,4 @@
-"""Tests for `keras_clip.tokenizer`: open_clip parity (eager and in
+"""Tests for `keras_clip.text.tokenizer`: open_clip parity (eager and in
 `tf.data`, mojibake included), trained vocabularies, saving, bad input. Run
 under every backend: `KERAS_BACKEND=jax pytest tests/tokenizer_test.py`.
 
@@ -24,8 +24,8 @@ sys.modules.setdefault(
 
 import keras  # noqa: E402
 
-from keras_clip import bpe  # noqa: E402
-from keras_clip.tokenizer import CLIPTokenizer  # noqa: E402
+from keras_clip.text import bpe  # noqa: E402
+from keras_clip.text.tokenizer import CLIPTokenizer  # noqa: E402
 
 _ADJECTIVES = [
     "red", "Small", "HAPPY", "fluffy", "old", "shiny", "blurry", "tiny",
@@ -331,8 +331,8 @@ def test_graph_flags_every_row_it_cannot_clean(
 ):
     """The graph's mask covers every row ftfy's mojibake repair changes
     and every row its own ops clean differently from the eager code."""
-    from keras_clip import bpe
-    from keras_clip import text_cleaning_graph
+    from keras_clip.text import bpe
+    from keras_clip.text import cleaning_graph as text_cleaning_graph
 
     cleaner = text_cleaning_graph.shared_cleaner()
     cleaned, flagged = cleaner.function(tf_modules.constant(corpus))
@@ -360,7 +360,7 @@ def test_mojibake_heuristic_translated_to_re2(tf_modules):
     "^" (dropped: the graph tests whole texts, ftfy each line)."""
     import ftfy.badness
 
-    from keras_clip.text_cleaning_python_rows import re2_search_superset
+    from keras_clip.text.cleaning_python_rows import re2_search_superset
 
     bad = ftfy.badness.BADNESS_RE
     rng = random.Random(3)

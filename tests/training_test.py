@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 
 import keras_clip
-from keras_clip import training
+from keras_clip_app import training
 
 STEPS_PER_EPOCH = 4
 EPOCHS = 2

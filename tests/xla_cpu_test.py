@@ -1,5 +1,7 @@
-"""`keras_clip.xla_cpu`: the one XLA flag set on import under JAX."""
+"""`keras_clip.backends.xla_cpu`: the one XLA flag `tune_xla_cpu()` sets under JAX,
+and that `import keras_clip` sets nothing."""
 
+import json
 import os
 import re
 import subprocess
@@ -8,7 +10,7 @@ import sys
 import keras
 import pytest
 
-from keras_clip import xla_cpu
+from keras_clip.backends import xla_cpu
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -45,6 +47,7 @@ def _compiled_convolution_hlo(extra_env):
     # (Big enough a convolution: XLA keeps small ones out of YNNPACK anyway.)
     code = (
         "import keras_clip, jax, jax.numpy as jnp, os\n"
+        "keras_clip.backends.tune_xla_cpu()\n"
         "f = jax.jit(lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1), 'VALID',"
         " dimension_numbers=('NHWC', 'HWIO', 'NHWC')))\n"
         "print(os.environ.get('XLA_FLAGS', ''))\n"
@@ -68,7 +71,7 @@ def _convolution_in_ynn_fusion(hlo):
 
 @pytest.mark.skipif(keras.backend.backend() != "jax", reason="a JAX-backend behaviour; "
                     "the other backends check that no flag is added (test_flags_to_add)")
-def test_import_takes_convolutions_off_ynnpack_on_jax_cpu():
+def test_tuning_takes_convolutions_off_ynnpack_on_jax_cpu():
     import jaxlib
 
     if not jaxlib.__version__.startswith(xla_cpu._MEASURED_JAXLIB):
@@ -85,3 +88,24 @@ def test_import_takes_convolutions_off_ynnpack_on_jax_cpu():
     opted_out = _compiled_convolution_hlo({"KERAS_CLIP_XLA_CPU_DEFAULTS": "0"})
     assert xla_cpu.FLAG not in opted_out.splitlines()[0]
     assert _convolution_in_ynn_fusion(opted_out)
+
+
+def test_import_changes_no_environment_variable():
+    # `import keras_clip` (and its subpackages) leaves the environment as it
+    # was on every backend; XLA tuning is the explicit `tune_xla_cpu()`.
+    code = (
+        "import os, json\n"
+        "before = dict(os.environ)\n"
+        "import keras_clip, keras_clip.models, keras_clip.evaluation, keras_clip.text\n"
+        "after = dict(os.environ)\n"
+        "print(json.dumps({k: [before.get(k), after.get(k)] for k in set(before) | set(after)"
+        " if before.get(k) != after.get(k)}))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    changed = json.loads(out.stdout.strip().splitlines()[-1])
+    # Keras itself may note its backend; nothing else may change.
+    changed.pop("KERAS_BACKEND", None)
+    assert changed == {}

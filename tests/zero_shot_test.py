@@ -9,7 +9,8 @@ import json
 import numpy as np
 import pytest
 
-from keras_clip import prompts, zero_shot
+from keras_clip.evaluation import prompts
+from keras_clip.evaluation import zero_shot
 
 CLASSES = ["cat", "dog", "car", "tree"]
 TEMPLATES = ["a photo of a {}.", "a {} drawing", "itap of my {c}."]

@@ -4,7 +4,7 @@ import dataclasses
 
 import keras
 
-from keras_clip import configs
+from keras_clip.models import config as configs
 from keras_clip.convert import weight_map
 from keras_clip.convert.weight_map import LINEAR
 from keras_clip.convert.weight_map import Entry
@@ -116,7 +116,7 @@ def openai_tokenizer(config):
     if config.vocabulary_size != OPENAI_VOCABULARY_SIZE:
         return None
     try:
-        from keras_clip.tokenizer import CLIPTokenizer
+        from keras_clip.text.tokenizer import CLIPTokenizer
     except ImportError:  # pragma: no cover - tokenizer module missing.
         return None
     try:
@@ -156,7 +156,7 @@ def build_model(config, tokenizer=None):
         config: `CLIPConfig`.
         tokenizer: a tokenizer, `None` (OpenAI's when it fits) or `False`.
     """
-    from keras_clip.model import CLIPModel
+    from keras_clip.models.clip_model import CLIPModel
 
     if tokenizer is None:
         tokenizer = openai_tokenizer(config)

@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from keras_clip import configs
+from keras_clip.models import config as configs
 from keras_clip.convert import checkpoint_io
 from keras_clip.convert import common
 from keras_clip.convert.weight_map import BIAS_PART

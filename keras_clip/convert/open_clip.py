@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-from keras_clip import configs
+from keras_clip.models import config as configs
 from keras_clip.convert import checkpoint_io
 from keras_clip.convert import common
 from keras_clip.convert.open_clip_config import fields_from_open_clip_config

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_clip import prompts
+from keras_clip.evaluation import prompts
 
 
 def _to_numpy(x):
@@ -34,7 +34,7 @@ def class_embeddings(encode_text_fn, tokenize_fn, classnames, templates=None,
         encode_text_fn: `token_ids -> (B, E)` text embeddings.
         tokenize_fn: `list of str -> (B, L)` int token ids.
         classnames: list of class-name strings, in label order.
-        templates: see `keras_clip.prompts.get_templates`; defaults to
+        templates: see `keras_clip.evaluation.prompts.get_templates`; defaults to
             "a photo of a {}.".
         batch_size: number of classes embedded per call of `encode_text_fn`
             (each call sees `batch_size * len(templates)` prompts).

@@ -16,10 +16,10 @@ import time
 import keras
 import numpy as np
 
-from keras_clip import prompts
+from keras_clip.evaluation import prompts
 from keras_clip.optimizers import cosine_decay
-from keras_clip.retrieval import retrieval_metrics
-from keras_clip.zero_shot import (
+from keras_clip.evaluation.retrieval import retrieval_metrics
+from keras_clip.evaluation.zero_shot import (
     accuracy,
     as_model_inputs,
     class_embeddings,

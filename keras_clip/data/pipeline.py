@@ -35,13 +35,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_clip import augment
-from keras_clip.decode import END
-from keras_clip.decode import NUM_CHECKED
-from keras_clip.decode import OK
-from keras_clip.decode import REASONS
-from keras_clip.decode import check_sample
-from keras_clip.decode import decode_image
+from keras_clip.data import augment
+from keras_clip.data.decode import END
+from keras_clip.data.decode import NUM_CHECKED
+from keras_clip.data.decode import OK
+from keras_clip.data.decode import REASONS
+from keras_clip.data.decode import check_sample
+from keras_clip.data.decode import decode_image
 
 logger = logging.getLogger("keras_clip.data")
 

@@ -39,7 +39,7 @@ from ftfy import badness
 from ftfy import chardata
 from ftfy import fixes
 
-from keras_clip.text_cleaning_python_rows import (
+from keras_clip.text.cleaning_python_rows import (
     _all_characters,
     _char_class,
     clean_in_python,

@@ -1,6 +1,6 @@
 """What the `keras-clip` commands do, as functions of plain arguments.
 
-The CLI (`keras_clip_cli`, the `keras-clip` command) parses flags into these; they are also usable
+The CLI (`keras_clip_app.cli`, the `keras-clip` command) parses flags into these; they are also usable
 from Python. Each writes its outputs into a folder and prints where.
 """
 
@@ -11,9 +11,14 @@ import tarfile
 import keras
 import numpy as np
 
-from keras_clip import data, image_files, plots, prompts, training, zero_shot
-from keras_clip.data_shards import expand_files
-from keras_clip.retrieval import retrieval_metrics
+from keras_clip import data
+from keras_clip.data import image_files
+from keras_clip_app import plots
+from keras_clip.evaluation import prompts
+from keras_clip_app import training
+from keras_clip.evaluation import zero_shot
+from keras_clip.data.shards import expand_files
+from keras_clip.evaluation.retrieval import retrieval_metrics
 
 DATASET_TYPES = ("auto", "csv", "webdataset", "tfrecord", "twemoji")
 
@@ -98,11 +103,11 @@ def make_source(kind, paths, tokenizer, batch_size, *, csv_img_key="filepath",
         return data.from_csv(paths[0], tokenizer, batch_size, image_column=csv_img_key,
                              caption_column=csv_caption_key, separator=csv_separator, **options)
     if kind == "webdataset":
-        from keras_clip.data_shards import from_webdataset
+        from keras_clip.data.shards import from_webdataset
 
         return from_webdataset(paths, tokenizer, batch_size, **options)
     if kind == "tfrecord":
-        from keras_clip.data_shards import from_tfrecord
+        from keras_clip.data.shards import from_tfrecord
 
         return from_tfrecord(paths, tokenizer, batch_size, **options)
     if kind == "twemoji":
@@ -159,17 +164,17 @@ def run_train(
     jit_compile="auto",
 ):
     """`keras-clip train`: see `keras-clip train --help` for every argument."""
-    from keras_clip.callbacks import ZeroShotEvaluation
-    from keras_clip.configs import CLIPConfig, get_preset
-    from keras_clip.model import CLIPModel
+    from keras_clip.evaluation.callbacks import ZeroShotEvaluation
+    from keras_clip.models.config import CLIPConfig, get_preset
+    from keras_clip.models.clip_model import CLIPModel
     from keras_clip.optimizers import make_optimizer
-    from keras_clip.tokenizer import CLIPTokenizer
+    from keras_clip.text.tokenizer import CLIPTokenizer
 
     paths = [train_data] if isinstance(train_data, str) else list(train_data)
     kind = dataset_type(paths, dataset_type_name)
     twemoji = heldout = None
     if kind == "twemoji":
-        from keras_clip.datasets import emoji
+        from keras_clip.data.datasets import emoji
 
         size = image_size or (get_preset(preset).image_size if config is None else 224)
         twemoji = emoji.load_twemoji(image_size=size, split="train", seed=seed)
@@ -283,7 +288,7 @@ class _RetrievalWithModelTokenizer(keras.callbacks.Callback):
         self.inner = None
 
     def on_train_begin(self, logs=None):
-        from keras_clip.callbacks import RetrievalEvaluation
+        from keras_clip.evaluation.callbacks import RetrievalEvaluation
 
         ids = np.asarray(self.model.tokenizer(self.val["captions"]))
         self.inner = RetrievalEvaluation(self.val["images"], ids, self.val["text_to_image"],
@@ -480,7 +485,7 @@ def run_eval_retrieval(model_path, data, output_dir, csv_img_key="filepath", csv
 def run_eval_linear_probe(model_path, train_dir, test_dir, output_dir, val_dir=None,
                           batch_size=64, max_iter=1000, verbose=True):
     """`keras-clip eval linear-probe`: logistic regression on frozen image features."""
-    from keras_clip.linear_probe import linear_probe
+    from keras_clip.evaluation.linear_probe import linear_probe
 
     model = load_model(model_path)
     splits = {}
@@ -542,3 +547,35 @@ def run_embed(model_path, output, images=None, texts=None, batch_size=64, verbos
     print(f"Wrote {embeddings.shape[0]:,} x {embeddings.shape[1]} embeddings to {output}; "
           f"row i is line i of {listing}.")
     return output, listing
+
+
+def run_convert(source_path, output, source="auto", activation=None, tokenizer=True):
+    """`keras-clip convert`: a checkpoint file or folder -> `output` (.keras).
+
+    Args:
+        source_path: OpenAI `.pt`, open_clip state dict or Hugging Face folder.
+        output: path of the `.keras` file to write.
+        source: "auto", "open_clip" or "huggingface" (auto: a folder with
+            `config.json` is Hugging Face).
+        activation: MLP activation where an OpenAI / open_clip checkpoint
+            cannot tell.
+        tokenizer: attach OpenAI's tokenizer where the vocabulary is OpenAI's.
+    """
+    from keras_clip import convert
+
+    if source == "auto":
+        is_hf = os.path.isdir(source_path) and os.path.isfile(os.path.join(source_path, "config.json"))
+        source = "huggingface" if is_hf else "open_clip"
+    tokenizer = None if tokenizer else False
+    if source == "huggingface":
+        model = convert.from_huggingface(source_path, tokenizer=tokenizer)
+    else:
+        model = convert.from_open_clip(source_path, activation=activation, tokenizer=tokenizer)
+    model.save(output)
+    c = model.config
+    print(
+        f"Wrote {output}: {c.vision} image tower, image {c.image_size}, "
+        f"embed {c.embed_dim}, activation {c.activation}, tokenizer "
+        f"{'yes' if model.tokenizer is not None else 'no'}"
+    )
+    return model

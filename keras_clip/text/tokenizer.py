@@ -15,7 +15,7 @@ import warnings
 import keras
 import numpy as np
 
-from keras_clip import bpe
+from keras_clip.text import bpe
 
 _VOCABULARY_FILE = "vocabulary.txt"
 _MERGES_FILE = "merges.txt"
@@ -218,7 +218,7 @@ class CLIPTokenizer(keras.layers.Layer):
             context_length: int. Defaults to 77.
             **kwargs: further `CLIPTokenizer` arguments.
         """
-        from keras_clip import bpe_training
+        from keras_clip.text import bpe_training
 
         base = len(bpe.base_vocabulary()) + 2
         if isinstance(vocabulary_size, bool) or not isinstance(
@@ -380,7 +380,7 @@ class CLIPTokenizer(keras.layers.Layer):
                 f"dtype={inputs.dtype.name}, shape={inputs.shape}"
             )
         if self._graph is None:
-            from keras_clip.tokenizer_graph import GraphTokenizer
+            from keras_clip.text.tokenizer_graph import GraphTokenizer
 
             self._graph = GraphTokenizer(
                 self._encoder, self._context_length,

@@ -8,7 +8,7 @@ each caption's image.
 
 import numpy as np
 
-from keras_clip.zero_shot import encode_images, encode_texts
+from keras_clip.evaluation.zero_shot import encode_images, encode_texts
 
 
 def _check(image_embeddings, text_embeddings, text_to_image):

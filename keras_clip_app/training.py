@@ -26,7 +26,7 @@ import time
 import keras
 import numpy as np
 
-from keras_clip.data_pipeline import SkipCountLogger
+from keras_clip.data.pipeline import SkipCountLogger
 from keras_clip.distributed import is_chief
 
 CHECKPOINT = "checkpoint.keras"

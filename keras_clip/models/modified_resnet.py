@@ -10,8 +10,8 @@ import keras
 from keras import ops
 
 from keras_clip import distributed
-from keras_clip import layers as clip_layers
-from keras_clip.layers import sublayer
+from keras_clip.models import layers as clip_layers
+from keras_clip.models.layers import sublayer
 
 # PyTorch BatchNorm2d defaults (momentum 0.1 there is 0.9 here).
 _BN = dict(momentum=0.9, epsilon=1e-5)

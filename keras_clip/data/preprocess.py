@@ -6,7 +6,7 @@ square, scale to [0, 1], normalise with the model's mean and std. Pixel for
 pixel the same as open_clip's evaluation transform (torchvision on PIL
 images), so converted models give the reference's probabilities. Needs no
 TensorFlow; the `tf.data` training and evaluation transforms live in
-`keras_clip.augment`.
+`keras_clip.data.augment`.
 """
 
 import numpy as np
@@ -18,7 +18,7 @@ _RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
     "lanczos": Image.Resampling.LANCZOS,
 }
-INTERPOLATIONS = tuple(_RESAMPLE)  # = keras_clip.configs.INTERPOLATIONS
+INTERPOLATIONS = tuple(_RESAMPLE)  # = keras_clip.models.config.INTERPOLATIONS
 
 
 def _to_pil(image):

@@ -17,12 +17,15 @@ import time
 import keras
 import numpy as np
 
-from keras_clip import app, data, plots, zero_shot
-from keras_clip.callbacks import TimeBudgetCosineDecay, ZeroShotEvaluation
-from keras_clip.datasets import emoji
-from keras_clip.model import CLIPModel
+from keras_clip_app import commands as app
+from keras_clip import data
+from keras_clip_app import plots
+from keras_clip.evaluation import zero_shot
+from keras_clip.evaluation.callbacks import TimeBudgetCosineDecay, ZeroShotEvaluation
+from keras_clip.data.datasets import emoji
+from keras_clip.models.clip_model import CLIPModel
 from keras_clip.optimizers import make_optimizer
-from keras_clip.tokenizer import CLIPTokenizer
+from keras_clip.text.tokenizer import CLIPTokenizer
 
 # The template the captions were trained with: the bare emoji name.
 BARE = ["{}"]
@@ -342,5 +345,5 @@ def report(metrics, path):
         print(f"{name:>20}: {where}")
     print(
         "\nClassify new images: model = keras.saving.load_model(path); "
-        "keras_clip.zero_shot.classify(model, uint8_images, labels, templates=['{}'])"
+        "keras_clip.evaluation.zero_shot.classify(model, uint8_images, labels, templates=['{}'])"
     )

@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_text as tf_text
 
-from keras_clip import bpe
+from keras_clip.text import bpe
 
 
 def _char_class(chars, negate=False):

@@ -3,8 +3,8 @@
 import keras
 from keras import ops
 
-from keras_clip import layers as clip_layers
-from keras_clip.layers import Transformer, layer_norm, sublayer
+from keras_clip.models import layers as clip_layers
+from keras_clip.models.layers import Transformer, layer_norm, sublayer
 
 
 @keras.saving.register_keras_serializable(package="keras_clip")

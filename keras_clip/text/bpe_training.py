@@ -10,7 +10,7 @@ heap, so each merge only touches the words that contain the pair.
 import collections
 import heapq
 
-from keras_clip import bpe
+from keras_clip.text import bpe
 
 
 def count_words(captions, parse_special_tokens=True):

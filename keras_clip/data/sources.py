@@ -1,38 +1,6 @@
-"""`tf.data` input pipelines for image-caption pairs.
+"""The four sources of image-caption pairs: CSV, WebDataset, TFRecord, arrays.
 
-Four sources, one output: batches `{"images": float32 (B, H, W, 3),
-"token_ids": int32 (B, L)}` that `model.fit` consumes on every Keras backend.
-
-- `from_csv`: a CSV/TSV of image paths and captions (open_clip's layout).
-- `from_webdataset`: tar shards as written by img2dataset.
-- `from_tfrecord`: TFRecord files of encoded images and captions
-  (`write_tfrecord` writes them).
-- `from_arrays`: in-memory `uint8` images or encoded bytes, and captions.
-
-Every source accepts the pipeline options of
-`keras_clip.data_pipeline.build_pipeline` as keyword arguments: `image_size`,
-`training`, `crop_scale`, `crop_ratio`, `rotation`, `color_jitter`,
-`grayscale`, `downscale`, `seed`, `deterministic`,
-`drop_remainder`, `keep_captions`, `token_multiple`, `counter`. Shuffling (training only) and
-sharding (`num_shards`, `shard_index`: e.g. `jax.process_count()` /
-`jax.process_index()`, or a `tf.distribute.InputContext`'s
-`num_input_pipelines` / `input_pipeline_id`) happen in the source.
-
-Bad samples never stop an epoch: missing, empty, truncated or corrupt images
-and missing, non-UTF-8 or empty captions are skipped and counted per reason in
-`dataset.skip_counter` (a `SkipCounter`), logged after each pass, and a pass
-in which every sample was bad raises an error. `SkipCountLogger` reports the
-counts from `model.fit`.
-
-Example:
-
-```python
-ds = keras_clip.data.from_csv(
-    "train.csv", tokenizer, batch_size=128, image_size=224, training=True,
-    image_column="filepath", caption_column="title", seed=0,
-)
-model.fit(ds, epochs=10, callbacks=[SkipCountLogger(ds.skip_counter)])
-```
+See `keras_clip.data` for what they share (output, options, skipped samples).
 """
 
 import csv
@@ -41,20 +9,20 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from keras_clip.data_pipeline import SkipCounter
-from keras_clip.data_pipeline import SkipCountLogger
-from keras_clip.data_pipeline import build_pipeline
-from keras_clip.data_shards import IMAGE_EXTENSIONS
-from keras_clip.data_shards import check_sharding
-from keras_clip.data_shards import expand_braces
-from keras_clip.data_shards import from_tfrecord
-from keras_clip.data_shards import from_webdataset
-from keras_clip.data_shards import write_tfrecord
-from keras_clip.decode import MISSING_IMAGE
-from keras_clip.decode import OK
-from keras_clip.decode import REASONS
-from keras_clip.decode import as_bytes
-from keras_clip.decode import decode_image
+from keras_clip.data.pipeline import SkipCounter
+from keras_clip.data.pipeline import SkipCountLogger
+from keras_clip.data.pipeline import build_pipeline
+from keras_clip.data.shards import IMAGE_EXTENSIONS
+from keras_clip.data.shards import check_sharding
+from keras_clip.data.shards import expand_braces
+from keras_clip.data.shards import from_tfrecord
+from keras_clip.data.shards import from_webdataset
+from keras_clip.data.shards import write_tfrecord
+from keras_clip.data.decode import MISSING_IMAGE
+from keras_clip.data.decode import OK
+from keras_clip.data.decode import REASONS
+from keras_clip.data.decode import as_bytes
+from keras_clip.data.decode import decode_image
 
 __all__ = [
     "IMAGE_EXTENSIONS",

@@ -12,12 +12,12 @@ import tarfile
 import numpy as np
 import tensorflow as tf
 
-from keras_clip.data_pipeline import build_pipeline
-from keras_clip.decode import MISSING_CAPTION
-from keras_clip.decode import MISSING_IMAGE
-from keras_clip.decode import OK
-from keras_clip.decode import SHARD_ERROR
-from keras_clip.decode import as_bytes
+from keras_clip.data.pipeline import build_pipeline
+from keras_clip.data.decode import MISSING_CAPTION
+from keras_clip.data.decode import MISSING_IMAGE
+from keras_clip.data.decode import OK
+from keras_clip.data.decode import SHARD_ERROR
+from keras_clip.data.decode import as_bytes
 
 logger = logging.getLogger("keras_clip.data")
 

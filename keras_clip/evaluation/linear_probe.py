@@ -179,7 +179,7 @@ def linear_probe(train_features, train_labels, test_features, test_labels,
     Example:
 
     ```python
-    feats = lambda x: keras_clip.zero_shot.encode_images(model, x)
+    feats = lambda x: keras_clip.evaluation.zero_shot.encode_images(model, x)
     result = linear_probe(feats(x_train), y_train, feats(x_test), y_test)
     result["test_accuracy"], result["l2"]
     ```

@@ -12,8 +12,8 @@ commands:
 `keras-clip COMMAND --help` documents every option of a command.
 """
 
-# A top-level module, outside the `keras_clip` package: parsing (and
-# `--help`) must not import Keras, and the backend must be chosen before it is.
+# Outside the `keras_clip` package: parsing (and `--help`) must not import
+# Keras, and the backend must be chosen before it is.
 
 import argparse
 import os
@@ -29,7 +29,7 @@ def _configure_environment(backend, argv):
     if backend and os.environ.get("KERAS_BACKEND") != backend:
         os.environ["KERAS_BACKEND"] = backend
         if "keras" in sys.modules:
-            os.execv(sys.executable, [sys.executable, "-m", "keras_clip_cli", *argv])
+            os.execv(sys.executable, [sys.executable, "-m", "keras_clip_app.cli", *argv])
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     # JAX on CPU: the partitionable threefry kernels take seconds each to
@@ -41,7 +41,7 @@ def _configure_environment(backend, argv):
 
 
 def demo(args):
-    from keras_clip import demo as demo_app
+    from keras_clip_app import demo as demo_app
 
     demo_app.run(
         output_dir=args.output_dir,
@@ -90,7 +90,7 @@ def _floats(text):
 
 
 def train(args):
-    from keras_clip import app
+    from keras_clip_app import commands as app
 
     metrics = app.run_train(
         args.train_data,
@@ -127,7 +127,7 @@ def train(args):
 
 
 def eval_zeroshot(args):
-    from keras_clip import app
+    from keras_clip_app import commands as app
 
     app.run_eval_zeroshot(args.model, args.data, args.output_dir, classnames=args.classnames,
                           templates=args.templates, batch_size=args.batch_size)
@@ -135,7 +135,7 @@ def eval_zeroshot(args):
 
 
 def eval_retrieval(args):
-    from keras_clip import app
+    from keras_clip_app import commands as app
 
     app.run_eval_retrieval(args.model, args.data, args.output_dir, csv_img_key=args.csv_img_key,
                            csv_caption_key=args.csv_caption_key, csv_separator=args.csv_separator,
@@ -144,7 +144,7 @@ def eval_retrieval(args):
 
 
 def eval_linear_probe(args):
-    from keras_clip import app
+    from keras_clip_app import commands as app
 
     app.run_eval_linear_probe(args.model, args.train, args.test, args.output_dir, val_dir=args.val,
                               batch_size=args.batch_size, max_iter=args.max_iter)
@@ -152,7 +152,7 @@ def eval_linear_probe(args):
 
 
 def embed(args):
-    from keras_clip import app
+    from keras_clip_app import commands as app
 
     app.run_embed(args.model, args.output, images=args.images, texts=args.texts,
                   batch_size=args.batch_size)
@@ -280,31 +280,45 @@ def build_parser():
     p.set_defaults(func=demo)
     p = sub.add_parser(
         "convert",
-        add_help=False,
-        help="Convert an OpenAI / open_clip / Hugging Face checkpoint to .keras "
-        "(`keras-clip convert --help` lists its options).",
+        help="Convert an OpenAI / open_clip / Hugging Face checkpoint to .keras.",
+        description="Convert an OpenAI / open_clip checkpoint or a Hugging Face folder into a .keras "
+        "file carrying the model, its tokenizer (when the vocabulary is OpenAI's and open_clip is "
+        "installed) and its preprocessing settings.",
     )
-    p.add_argument("args", nargs=argparse.REMAINDER)
+    p.add_argument("input", help="Checkpoint file or folder.")
+    p.add_argument("output", help="Path of the .keras file to write.")
+    p.add_argument("--source", choices=("auto", "open_clip", "huggingface"), default="auto",
+                   help="Checkpoint family (auto: a folder with config.json is Hugging Face, anything "
+                   "else OpenAI / open_clip).")
+    p.add_argument("--activation", choices=("quick_gelu", "gelu"), default=None,
+                   help="MLP activation when the checkpoint cannot tell (OpenAI and '-quickgelu' "
+                   "models: quick_gelu; other open_clip models: gelu).")
+    p.add_argument("--no-tokenizer", action="store_true", help="Do not attach OpenAI's tokenizer.")
     p.set_defaults(func=convert)
     return parser
 
 
 def convert(args):
-    from keras_clip.convert import convert_main
+    from keras_clip_app import commands as app
 
-    return convert_main(args.args)
+    if not args.output.endswith(".keras"):
+        raise SystemExit(f"keras-clip convert: OUTPUT must end in .keras. Received: {args.output}")
+    if args.activation and args.source == "huggingface":
+        raise SystemExit("keras-clip convert: --activation applies to OpenAI / open_clip checkpoints")
+    app.run_convert(args.input, args.output, source=args.source, activation=args.activation,
+                    tokenizer=not args.no_tokenizer)
+    return 0
 
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args, unknown = parser.parse_known_args(argv)
-    if args.command == "convert":
-        # `convert` parses its own options (and its own --help).
-        args.args = unknown + args.args
-    elif unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args = parser.parse_args(argv)
     _configure_environment(args.backend, argv)
+    # The library's XLA CPU tuning, before JAX creates its CPU client.
+    from keras_clip import backends
+
+    backends.tune_xla_cpu()
     return args.func(args)
 
 

@@ -12,9 +12,9 @@ Imported lazily: `keras_clip` works without TensorFlow installed.
 
 import tensorflow as tf
 
-from keras_clip import bpe
-from keras_clip.text_cleaning_graph import shared_cleaner
-from keras_clip.text_cleaning_graph import word_pattern_classes
+from keras_clip.text import bpe
+from keras_clip.text.cleaning_graph import shared_cleaner
+from keras_clip.text.cleaning_graph import word_pattern_classes
 
 _NO_MERGE = 2**30
 _MAX_CACHED_WORDS = 2_000_000

@@ -6,8 +6,9 @@ from keras import ops
 from keras.src.backend.common.stateless_scope import in_stateless_scope
 from keras.src.backend.common.variables import AutocastScope, get_autocast_scope
 
-from keras_clip import configs, distributed
-from keras_clip import layers as clip_layers
+from keras_clip import distributed
+from keras_clip.models import config as configs
+from keras_clip.models import layers as clip_layers
 from keras_clip.losses import (
     _check_label_smoothing,
     chunked_contrastive_loss,
@@ -15,9 +16,9 @@ from keras_clip.losses import (
     contrastive_loss,
     l2_normalize,
 )
-from keras_clip.modified_resnet import ModifiedResNet
-from keras_clip.text_encoder import TextTransformer
-from keras_clip.vision_transformer import VisionTransformer
+from keras_clip.models.modified_resnet import ModifiedResNet
+from keras_clip.models.text_transformer import TextTransformer
+from keras_clip.models.vision_transformer import VisionTransformer
 
 
 @keras.saving.register_keras_serializable(package="keras_clip")
@@ -335,7 +336,7 @@ class CLIPModel(keras.Model):
         Returns:
             float32 NumPy array `(N, image_size, image_size, 3)`.
         """
-        from keras_clip.preprocess import preprocess_images
+        from keras_clip.data.preprocess import preprocess_images
 
         c = self.config
         return preprocess_images(

@@ -1,0 +1,7 @@
+"""The keras-clip application: the command line (`cli`), the commands behind
+it (`commands`), the resumable training driver (`training`), the demo and its
+plots. It uses the `keras_clip` library; the library never imports it.
+
+`keras_clip_app.cli` parses flags without importing Keras, so that
+`--backend` takes effect and `--help` is fast.
+"""
