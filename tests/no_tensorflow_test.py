@@ -10,7 +10,6 @@ import subprocess
 import sys
 
 import keras
-import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
