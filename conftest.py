@@ -4,13 +4,13 @@ import os
 import sys
 import types
 
-# Reference libraries must never try the network (DESIGN.md section 3).
+# Reference libraries must never try the network (docs/testing.md).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # JAX on CPU compiles one kernel per weight shape when initialising a model;
 # the partitionable threefry kernels take seconds each to compile here (see
-# README, "JAX on CPU"). The legacy kernels and a persistent compilation
+# docs/backends.md, "JAX on CPU"). The legacy kernels and a persistent compilation
 # cache (shared with the subprocesses tests spawn) keep the suite fast.
 os.environ.setdefault("JAX_THREEFRY_PARTITIONABLE", "false")
 os.environ.setdefault(
@@ -22,7 +22,7 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 
 # Under pytest-xdist (`make test` runs 2 workers on this 2-core machine) each
 # worker computes on one thread: two workers each spinning two threads run
-# several times slower than one each (DESIGN.md section 4, threads).
+# several times slower than one each (docs/backends.md, "Threads on a shared machine").
 if os.environ.get("PYTEST_XDIST_WORKER"):
     for name in ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
         os.environ.setdefault(name, "1")

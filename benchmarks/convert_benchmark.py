@@ -37,7 +37,7 @@ def _write_checkpoints(model_name, workdir):
     import types
 
     # PyPI's torchvision is a CUDA build beside the CPU torch here; an empty
-    # `_meta_registrations` lets open_clip import (see shared/DESIGN.md).
+    # `_meta_registrations` lets open_clip import (see docs/testing.md).
     sys.modules.setdefault(
         "torchvision._meta_registrations",
         types.ModuleType("torchvision._meta_registrations"),

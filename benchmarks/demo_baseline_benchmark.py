@@ -2,7 +2,7 @@
 
 Trains, in one run on this machine:
 
-1. the baseline the demo must beat (DESIGN.md section 6): a plain conv net
+1. the baseline the demo must beat (docs/demo.md, "The baseline"): a plain conv net
    image tower and a bag-of-words text tower (mean of word embeddings, word
    vocabulary from the training captions), the same contrastive loss and
    learnable temperature, AdamW 2e-3, wd 0.1, warm-up + cosine, batch 128,

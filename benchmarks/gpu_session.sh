@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The GPU rows of the README's "On a GPU" section, as one prepared run for a
+# The GPU rows of docs/performance.md ("On a GPU"), as one prepared run for a
 # session that is lent a GPU machine (issue 7). That machine has its own
 # Python 3.12 with CUDA builds of torch and JAX, open_clip's dependencies and
 # pytest, but no Keras, no keras-hub, no open_clip and no TensorFlow, and it
-# reaches no package registry (shared/DESIGN.md section 3). So:
+# reaches no package registry (docs/backends.md, "GPUs"). So:
 #
 #   1. here, where pip reaches the registries:
 #        bash benchmarks/gpu_session.sh prepare
@@ -59,7 +59,7 @@ run)
     BENCH_LIMIT=${BENCH_TIMEOUT:-240}
     TEST_LIMIT=${TEST_TIMEOUT:-150}
     export HF_HUB_OFFLINE=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-    # Full float32 where the tests compare with float32 references (README,
+    # Full float32 where the tests compare with float32 references (docs/backends.md "GPUs",
     # "TF32"); the benchmark itself runs in bfloat16.
     export JAX_DEFAULT_MATMUL_PRECISION=highest
     if [ -d "$WHEELS" ]; then

@@ -21,7 +21,7 @@ import types
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-# PyPI's CUDA torchvision beside CPU torch (DESIGN.md section 3).
+# PyPI's CUDA torchvision beside CPU torch (docs/testing.md).
 sys.modules.setdefault(
     "torchvision._meta_registrations",
     types.ModuleType("torchvision._meta_registrations"),

@@ -1,7 +1,7 @@
 """The model and the loss must work where TensorFlow is not installed.
 
 The GPU machines we train on have JAX and torch but no TensorFlow
-(DESIGN.md section 3). A subprocess makes `import tensorflow` fail, then
+(docs/backends.md, "GPUs"). A subprocess makes `import tensorflow` fail, then
 builds, trains, saves and reloads a model on a non-TensorFlow backend.
 """
 

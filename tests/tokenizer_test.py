@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# Test-only shim: PyPI's CUDA torchvision beside CPU torch (DESIGN.md s. 3).
+# Test-only shim: PyPI's CUDA torchvision beside CPU torch (docs/testing.md).
 sys.modules.setdefault(
     "torchvision._meta_registrations",
     types.ModuleType("torchvision._meta_registrations"),
@@ -384,7 +384,7 @@ def test_mojibake_heuristic_translated_to_re2(tf_modules):
 
 
 def test_graph_known_differences_from_keras_hub(tf_modules, openai_tokenizer):
-    """The cases DESIGN.md section 5 lists where keras-hub goes wrong."""
+    """The cases docs/tokenizer.md lists where keras-hub goes wrong."""
     tf = tf_modules
     texts = ["Room 1234", "A Photo Of A CAT", "x <|endoftext|> y", "a, b"]
     graph = openai_tokenizer(tf.constant(texts)).numpy()

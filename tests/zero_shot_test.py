@@ -245,3 +245,58 @@ def test_agrees_with_open_clip():
     )
     ours = zero_shot.class_embeddings(encode, tokenize, names, templates, 2)
     np.testing.assert_allclose(ours, theirs.numpy().T, atol=1e-6)
+
+
+class StubModel:
+    """A CLIP-like stub: images are unit class directions, the text side is
+    `StubText`, the logit scale is exp(0) = 1 (so probabilities are softmaxes
+    of cosine similarities, computable by hand)."""
+
+    def __init__(self, classes, templates, prompt_templates=None):
+        self.text = StubText(classes, templates)
+        self.tokenizer = self.text.tokenize
+        self.logit_scale = np.float32(0.0)
+        self.prompt_templates = prompt_templates
+
+    def encode_text(self, token_ids):
+        return self.text.encode(token_ids)
+
+    def encode_image(self, images):
+        return np.asarray(images, "float32")
+
+
+def _reference_probabilities(images, classes, templates):
+    weights = expected_weights(len(classes), len(templates))
+    logits = images @ weights.T
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def test_predict_pairs_labels_with_probabilities_best_first():
+    model = StubModel(CLASSES, TEMPLATES)
+    images = np.eye(4, 7, dtype="float32")[[2, 0, 3]]
+    result = zero_shot.predict(model, images, CLASSES, top_k=2, templates=TEMPLATES)
+    probs = _reference_probabilities(images, CLASSES, TEMPLATES)
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :2]
+    assert result.labels == [[CLASSES[j] for j in row] for row in order]
+    assert [row[0] for row in result.labels] == ["car", "cat", "tree"]
+    np.testing.assert_array_equal(result.indices, order)
+    np.testing.assert_allclose(result.scores, np.take_along_axis(probs, order, 1), atol=1e-6)
+    with pytest.raises(ValueError, match="top_k"):
+        zero_shot.predict(model, images, CLASSES, top_k=5, templates=TEMPLATES)
+
+
+def test_a_model_s_own_templates_are_the_default():
+    # The model carries one template; no templates argument uses it (the stub
+    # knows only these prompts, so the default "a photo of a {}." alone would
+    # fail to tokenize), and an explicit argument still wins.
+    own = ["a {} drawing"]
+    model = StubModel(CLASSES, own, prompt_templates=own)
+    images = np.eye(4, 5, dtype="float32")[[1, 3]]
+    probs = zero_shot.classify(model, images, CLASSES)
+    np.testing.assert_allclose(probs, _reference_probabilities(images, CLASSES, own), atol=1e-6)
+    assert zero_shot.model_templates(model) == own
+    assert zero_shot.model_templates(model, ["{}"]) == ["{}"]
+    assert zero_shot.model_templates(StubModel(CLASSES, own)) is None
+    with pytest.raises(KeyError):
+        zero_shot.classify(StubModel(CLASSES, own), images, CLASSES)

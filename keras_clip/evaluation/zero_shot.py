@@ -6,6 +6,8 @@ metrics take logits and integer labels. `build_classifier` and `classify`
 wire a `CLIPModel` into them.
 """
 
+import collections
+
 import keras
 import numpy as np
 from keras import ops
@@ -100,6 +102,20 @@ def as_model_inputs(model, images):
     if isinstance(images, np.ndarray) and images.dtype.kind == "f":
         return images.astype("float32", copy=False)
     return model.preprocess(images)
+
+
+def model_templates(model, templates=None):
+    """`templates` if given, else the templates `model` carries, else `None`.
+
+    A `CLIPModel` may carry the prompt templates it was trained to read
+    (`model.prompt_templates`, saved in its `.keras` file: the demo's model,
+    trained on bare captions, carries `["{}"]`); evaluators use them when the
+    caller passes none, and fall back to "a photo of a {}." otherwise.
+    """
+    if templates is not None:
+        return templates
+    carried = getattr(model, "prompt_templates", None)
+    return list(carried) if carried else None
 
 
 def _tokenizer_of(model, tokenizer):
@@ -221,8 +237,9 @@ def build_classifier(model, classnames, templates=None, batch_size=10,
     Args:
         model: a `keras_clip.CLIPModel`.
         classnames: list of class-name strings, in label order.
-        templates: `None` ("a photo of a {}."), `"imagenet"` (OpenAI's 80),
-            or a list of templates.
+        templates: `None` (the model's `prompt_templates` if it carries
+            any, else "a photo of a {}."), `"imagenet"` (OpenAI's 80), or a
+            list of templates.
         batch_size: classes embedded per text-encoder call.
         tokenizer: defaults to `model.tokenizer`.
         logit_scale: fixed logit scale; `None` uses the model's.
@@ -232,7 +249,7 @@ def build_classifier(model, classnames, templates=None, batch_size=10,
     """
     weights = class_embeddings(
         model.encode_text, _tokenizer_of(model, tokenizer), classnames,
-        templates, batch_size=batch_size,
+        model_templates(model, templates), batch_size=batch_size,
     )
     return ZeroShotClassifier(
         model, weights, classnames=list(classnames), logit_scale=logit_scale
@@ -261,7 +278,9 @@ def classify(model, images, labels, templates=None, batch_size=64, tokenizer=Non
         images: uint8 RGB `(N, H, W, 3)` of any size, a list of images or
             paths; float arrays are taken as already model-ready.
         labels: any label strings.
-        templates: `None` ("a photo of a {}."), `"imagenet"` or a list.
+        templates: `None` uses the templates the model carries
+            (`model.prompt_templates`), else "a photo of a {}."; or
+            `"imagenet"` or a list.
         batch_size: images per encoder call.
         tokenizer: defaults to `model.tokenizer`.
 
@@ -276,11 +295,67 @@ def classify(model, images, labels, templates=None, batch_size=64, tokenizer=Non
     ```
     """
     weights = class_embeddings(
-        model.encode_text, _tokenizer_of(model, tokenizer), labels, templates
+        model.encode_text, _tokenizer_of(model, tokenizer), labels,
+        model_templates(model, templates),
     )
     image = encode_images(model, images, batch_size=batch_size)
     scale = float(np.exp(_to_numpy(model.logit_scale)))
     return softmax(zero_shot_logits(image, weights, scale))
+
+
+Prediction = collections.namedtuple("Prediction", ["labels", "scores", "indices"])
+Prediction.__doc__ = """Top-k zero-shot predictions for a batch of images.
+
+Fields:
+    labels: list (one entry per image) of lists of the `k` best label
+        strings, best first.
+    scores: float32 `(N, k)`: their probabilities among all labels.
+    indices: int `(N, k)`: their positions in the `labels` given.
+"""
+
+
+def predict(model, images, labels, top_k=5, templates=None, batch_size=64,
+            tokenizer=None):
+    """The `top_k` most likely labels of each image, with their probabilities.
+
+    `classify` as a result a person can read: for each image its best labels
+    and their probabilities among all `labels`.
+
+    Args:
+        model: a `keras_clip.CLIPModel`.
+        images: as for `classify` (uint8 or float arrays, a list, paths).
+        labels: label strings.
+        top_k: how many labels per image (at most `len(labels)`).
+        templates: `None` uses the templates the model carries
+            (`model.prompt_templates`), else "a photo of a {}."; or a set's
+            name ("imagenet") or a list.
+        batch_size: images per encoder call.
+        tokenizer: defaults to `model.tokenizer`.
+
+    Returns:
+        A `Prediction(labels, scores, indices)`.
+
+    Example:
+
+    ```python
+    result = zero_shot.predict(model, images, ["cat", "dog", "rocket"], top_k=2)
+    for names, scores in zip(result.labels, result.scores):
+        print(", ".join(f"{n} {s:.2f}" for n, s in zip(names, scores)))
+    ```
+    """
+    labels = [str(label) for label in labels]
+    if not isinstance(top_k, int) or not 1 <= top_k <= len(labels):
+        raise ValueError(
+            f"`top_k` must be an integer from 1 to len(labels)={len(labels)}. "
+            f"Received: top_k={top_k!r}"
+        )
+    probs = classify(model, images, labels, templates=templates,
+                     batch_size=batch_size, tokenizer=tokenizer)
+    # Stable sort on the negated probabilities: ties keep label order.
+    indices = np.argsort(-probs, axis=1, kind="stable")[:, :top_k]
+    scores = np.take_along_axis(probs, indices, axis=1)
+    names = [[labels[j] for j in row] for row in indices]
+    return Prediction(names, scores.astype("float32"), indices)
 
 
 # ---- metrics ------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 Numbers come from Radford et al. 2021 ("Learning Transferable Visual Models
 From Natural Language Supervision"), Tables 19 and 20, and the released
-OpenAI checkpoints. See `shared/DESIGN.md` section 2 for the parameter
+OpenAI checkpoints. See docs/design.md ("The paper's numbers") for the parameter
 counts each configuration must reproduce.
 """
 
