@@ -9,6 +9,7 @@ Set KERAS_CLIP_PARITY_LOG to a file to append the measured differences.
 import json
 import os
 import pickle
+import warnings
 import zipfile
 
 import keras
@@ -25,7 +26,11 @@ from keras_clip import convert  # noqa: E402
 from keras_clip.convert import checkpoint_io  # noqa: E402
 
 TOLERANCE = 1e-4
-pytestmark = pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning"),
+    # Bare state dicts warn that head counts were assumed; one test checks it.
+    pytest.mark.filterwarnings("ignore:Assumed (vision|text)_heads:UserWarning"),
+]
 BATCH = 2
 torch.set_num_threads(1)
 
@@ -333,6 +338,107 @@ def test_extra_missing_and_misshapen_keys_are_named(vit):
     bad_mask = dict(state, attn_mask=np.zeros((16, 16), "float32"))
     with pytest.raises(ValueError, match="attn_mask"):
         convert.from_open_clip(bad_mask, activation="gelu")
+
+
+def test_files_that_are_no_checkpoint_are_named(vit, tmp_path):
+    expected = (r"Expected a checkpoint: a torch.save file \(.pt / .bin / .pth\), a "
+                r".safetensors file or an OpenAI TorchScript .pt\. Received: ")
+    notes = tmp_path / "notes.pt"
+    notes.write_text("epochs: 10\nlr: 0.001\n")
+    with pytest.raises(ValueError, match=expected + r".*notes\.pt, a text file of 21 bytes "
+                       r"starting 'epochs: 10\\nlr: 0.001\\n', which none of them reads "
+                       r"\(\w+Error: .*\)\. Check that the path"):
+        convert.from_open_clip(notes, activation="gelu")
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(ValueError, match=expected + r".*empty\.pt, an empty file \(0 bytes\), "
+                       "which none of them reads. Check"):
+        convert.from_open_clip(empty, activation="gelu")
+    whole = tmp_path / "whole.pt"
+    torch.save(vit.state_dict(), whole)
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(whole.read_bytes()[:5000])  # an interrupted download
+    with pytest.raises(ValueError, match=expected + r".*cut\.pt, a file of 5,000 bytes "
+                       r"starting b'PK.*which none of them reads \(\w+Error: "):
+        convert.from_open_clip(cut, activation="gelu")
+    # A checkpoint missing a key the architecture is read from.
+    from safetensors.torch import save_file
+
+    state = {k: v.contiguous() for k, v in vit.state_dict().items()
+             if k != "visual.conv1.weight"}
+    save_file(state, tmp_path / "no_conv1.safetensors")
+    with pytest.raises(ValueError, match=r"Expected the key 'visual.conv1.weight' in "
+                       r".*no_conv1\.safetensors, as in every OpenAI / open_clip CLIP "
+                       r"checkpoint of this layout\. Received: no such key among its "
+                       rf"{len(state)} keys; keys found nearby: \['visual\.[^]]*\]\. Check "
+                       "that it is a complete CLIP checkpoint"):
+        convert.from_open_clip(tmp_path / "no_conv1.safetensors", activation="gelu")
+
+
+def test_non_finite_weights_are_named(vit):
+    state = {k: v.numpy().copy() for k, v in vit.state_dict().items()}
+    state["logit_scale"] = np.array(np.nan, np.float32)
+    with pytest.raises(ValueError, match=r"Expected finite values in every weight of a CLIP "
+                       r".*Received: a state dict with NaN or infinity at 1 key\(s\): "
+                       r"logit_scale \(1 NaN, 0 infinite of 1\)\. The file is damaged"):
+        convert.from_open_clip(state, activation="gelu", vision_heads=2, text_heads=2)
+    state["logit_scale"] = np.array(2.9, np.float32)
+    state["transformer.resblocks.1.mlp.c_fc.weight"][3, :2] = [np.inf, -np.inf]
+    with pytest.raises(ValueError, match=r"transformer.resblocks.1.mlp.c_fc.weight "
+                       r"\(0 NaN, 2 infinite of 65536\)"):
+        convert.from_open_clip(state, activation="gelu", vision_heads=2, text_heads=2)
+
+
+def _tiny_resnet_head_width_16():
+    # Head counts off OpenAI's width / 64 rule: 32 attention-pool heads of
+    # width 16 (the rule says 8), 4 text heads of width 16 (the rule says 1).
+    torch.manual_seed(4)
+    return _randomize(CLIP(
+        48,
+        vision_cfg=CLIPVisionCfg(layers=(1, 1, 1, 1), width=16, head_width=16, image_size=64),
+        text_cfg=CLIPTextCfg(context_length=16, vocab_size=100, width=64, heads=4, layers=1),
+        quick_gelu=False,
+    ))
+
+
+def _head_warnings(caught):
+    return [str(w.message) for w in caught if "Assumed" in str(w.message)]
+
+
+def test_assumed_head_counts_warn_and_overrides_match_open_clip(vit):
+    reference = _tiny_resnet_head_width_16()
+    assert reference.visual.attnpool.num_heads == 32
+    state = reference.state_dict()
+    with pytest.warns(UserWarning, match=r"Assumed vision_heads=8 and text_heads=1 for a "
+                      r"state dict by OpenAI's rule \(width / 64.* Pass `vision_heads=` "
+                      r"and `text_heads=` to `from_open_clip`"):
+        assumed = convert.from_open_clip(state, activation="gelu")
+    images, tokens = _inputs(64)
+    timages, ttokens = _to_torch(images, tokens)
+    with torch.no_grad():
+        image_ref = reference.encode_image(timages).numpy()
+    wrong = np.abs(_numpy(assumed.encode_image(images, normalize=False)) - image_ref).max()
+    assert wrong > 1e-5  # the silent error the warning is about
+    for kwargs in (dict(vision_heads=32, text_heads=4),
+                   dict(config=convert.open_clip_model_config(assumed.config.replace(
+                       vision_heads=32, text_heads=4)))):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model = convert.from_open_clip(state, activation="gelu", **kwargs)
+        assert not _head_warnings(caught), kwargs
+        assert (model.config.vision_heads, model.config.text_heads) == (32, 4)
+        _check_open_clip_parity(reference, model, "open_clip tiny RN, head width 16")
+    # One count given: the warning names only the other.
+    with pytest.warns(UserWarning, match=r"Assumed text_heads=1 for .* Pass `text_heads=`"):
+        convert.from_open_clip(state, activation="gelu", vision_heads=32)
+    # OpenAI's own state dicts (with `input_resolution`) follow the rule: no warning.
+    openai = {**{k: v.numpy() for k, v in vit.state_dict().items()},
+              "input_resolution": np.array(32), "context_length": np.array(16),
+              "vocab_size": np.array(100)}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        convert.from_open_clip(openai)
+    assert not _head_warnings(caught)
 
 
 class _Exploit:

@@ -1,6 +1,7 @@
 """Tests for keras_clip.data: sources, decoding, skip counts, sharding, fit."""
 
 import io
+import logging
 import os
 import tarfile
 
@@ -119,12 +120,14 @@ def test_csv_skip_counts_and_outputs(tmp_path):
 
 def test_tsv_custom_columns(tmp_path):
     (tmp_path / "a.png").write_bytes(encode(random_image(0), "PNG"))
-    (tmp_path / "list.tsv").write_text("caption\tpath\na red thing\ta.png\n")
-    ds = data.from_csv(tmp_path / "list.tsv", hash_tokenizer, 1, image_size=SIZE,
+    (tmp_path / "list.tsv").write_text(
+        "caption\tpath\na red thing\ta.png\nthe same thing\ta.png\n")
+    ds = data.from_csv(tmp_path / "list.tsv", hash_tokenizer, 2, image_size=SIZE,
                        image_column="path", caption_column="caption")
-    assert collect(ds)[1] == 1
-    with pytest.raises(ValueError, match="column named 'filepath'"):
-        data.from_csv(tmp_path / "list.tsv", hash_tokenizer, 1)
+    assert collect(ds)[1] == 2
+    with pytest.raises(ValueError, match="columns 'filepath' .* Received the columns "
+                       r"\['caption', 'path'\]\. Pass image_column=.*caption_column"):
+        data.from_csv(tmp_path / "list.tsv", hash_tokenizer, 2)
 
 
 def test_webdataset_skip_counts_and_truncated_shard(tmp_path):
@@ -171,12 +174,175 @@ def test_tfrecord_round_trip_and_missing_features(tmp_path):
     assert ds.skip_counter.last_pass() == expected  # 1 missing image, as before
 
 
+def _example(image, caption):
+    feature = {key: tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+               for key, value in (("image", image), ("caption", caption))}
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def test_tfrecord_damage_is_counted_and_named(tmp_path, caplog):
+    # Three 20-record files: one flipped byte inside record 12's data, one
+    # cut inside record 15, and one whose record 5 is not an Example.
+    records = [_example(encode(random_image(i, 8, 8), "PNG"), f"thing {i}".encode())
+               for i in range(20)]
+    offsets = np.cumsum([0] + [16 + len(r) for r in records])
+    for name in ("good", "flipped", "cut", "foreign"):
+        with tf.io.TFRecordWriter(str(tmp_path / f"{name}.tfrecord")) as writer:
+            for i, record in enumerate(records):
+                writer.write(b"\x08\x01 not an Example" if name == "foreign" and i == 5
+                             else record)
+    good = (tmp_path / "good.tfrecord").read_bytes()
+    flipped = bytearray(good)
+    flipped[offsets[12] + 30] ^= 0x40
+    (tmp_path / "flipped.tfrecord").write_bytes(bytes(flipped))
+    (tmp_path / "cut.tfrecord").write_bytes(good[: offsets[15] + 40])
+    expected = {
+        "good": dict(ok=20),
+        "flipped": dict(ok=12, data_loss=8),  # reading stops at record 12
+        "cut": dict(ok=15, data_loss=1),
+        "foreign": dict(ok=19, invalid_record=1),
+    }
+    for name, counts in expected.items():
+        path = tmp_path / f"{name}.tfrecord"
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="keras_clip.data"):
+            ds = data.from_tfrecord(str(path), hash_tokenizer, 4, image_size=SIZE)
+            assert collect(ds)[1] == counts["ok"], name
+        assert ds.skip_counter.last_pass() == {
+            **dict.fromkeys(("ok",) + data.REASONS, 0), **counts}, name
+        lost = [r.getMessage() for r in caplog.records if str(path) in r.getMessage()]
+        assert bool(lost) == (name != "good"), (name, caplog.text)
+        if name == "flipped":
+            assert f"damaged at byte {offsets[12]} of {len(good)}" in lost[0]
+            assert f"8 record(s), {len(good) - offsets[12]} bytes" in lost[0]
+        if name == "cut":
+            assert "a record cut short" in lost[0] and "1 record(s), 40 bytes" in lost[0]
+        if name == "foreign":
+            assert "record 5 (numbered from 0) is not a tf.train.Example" in lost[0]
+    # All four files at once: the losses add up.
+    ds = data.from_tfrecord(str(tmp_path / "*.tfrecord"), hash_tokenizer, 4,
+                            image_size=SIZE)
+    collect(ds)
+    counts = ds.skip_counter.last_pass()
+    assert (counts["ok"], counts["data_loss"], counts["invalid_record"]) == (66, 9, 1)
+    with pytest.raises(FileNotFoundError, match="do not exist"):
+        data.from_tfrecord(str(tmp_path / "absent.tfrecord"), hash_tokenizer, 4)
+
+
+def test_tfrecord_survey_finds_records_past_a_damaged_header(tmp_path):
+    from keras_clip.data import tfrecord
+
+    records = [_example(bytes([i]) * (50 + i), b"x") for i in range(10)]
+    path = tmp_path / "r.tfrecord"
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for record in records:
+            writer.write(record)
+    good = path.read_bytes()
+    offsets = np.cumsum([0] + [16 + len(r) for r in records])
+    damaged = bytearray(good)
+    damaged[offsets[4] + 2] ^= 1  # record 4's length, so its framing is lost
+    path.write_bytes(bytes(damaged))
+    # Record 4's bytes count as one; records 5-9 are found after them.
+    assert tfrecord.survey(str(path), int(offsets[4])) == (len(good), 6, False, True)
+    path.write_bytes(good[: offsets[7] + 5])  # cut inside record 7's header
+    assert tfrecord.survey(str(path), int(offsets[7])) == (offsets[7] + 5, 1, True, True)
+
+
+@pytest.mark.parametrize("source", ["csv", "arrays", "tfrecord", "webdataset"])
+def test_batch_size_and_image_size_are_checked(tmp_path, source):
+    images = np.stack([random_image(i) for i in range(4)])
+    captions = [f"thing {i}" for i in range(4)]
+    samples = {c: (encode(im, "PNG"), c.encode()) for c, im in zip(captions, images)}
+    if source == "csv":
+        path = write_csv(tmp_path, samples)
+        make = lambda b, **kw: data.from_csv(path, hash_tokenizer, b, **kw)
+    elif source == "arrays":
+        make = lambda b, **kw: data.from_arrays(images, captions, hash_tokenizer, b, **kw)
+    elif source == "tfrecord":
+        path = str(tmp_path / "pairs.tfrecord")
+        data.write_tfrecord(path, images, captions)
+        make = lambda b, **kw: data.from_tfrecord(path, hash_tokenizer, b, **kw)
+    else:
+        shards = write_shards(tmp_path, samples, 1)
+        make = lambda b, **kw: data.from_webdataset(shards, hash_tokenizer, b, **kw)
+    for batch_size in (1, 0, -2, 2.0):
+        with pytest.raises(ValueError, match=r"Expected `batch_size` to be an int >= 2: .* "
+                           rf"learns nothing\. Received: batch_size={batch_size!r}\. Pass 2"):
+            make(batch_size)
+    for image_size in (0, -32, 3.5):
+        with pytest.raises(ValueError, match=r"Expected `image_size` to be a positive int.* "
+                           rf"Received: image_size={image_size!r}\. Pass e\.g\."):
+            make(2, image_size=image_size)
+    ds = make(3, image_size=SIZE)  # 4 pairs: a batch of 3, then one of 1
+    batches, count = collect(ds)
+    assert count == 3 and len(batches) == 1
+    assert ds.skip_counter.last_pass()["batch_of_one"] == 1
+    assert ds.skip_counter.last_pass()["ok"] == 3
+
+
+def test_csv_layout_errors_name_the_fix(tmp_path):
+    samples = {f"p{i}": (encode(random_image(i), "PNG"), f"photo {i}".encode())
+               for i in range(3)}
+    csv_path = write_csv(tmp_path, samples)
+    # A wrong column name: the columns found, and the closest one.
+    with pytest.raises(ValueError, match=r"columns 'filepath' \(image paths\) and 'caption' "
+                       r".*Received the columns \['filepath', 'title'\]\. Pass "
+                       r"caption_column='title'\.$"):
+        data.from_csv(csv_path, hash_tokenizer, 2, caption_column="caption")
+    # A tab-separated file named .csv: the separator that splits the header.
+    tabs = tmp_path / "tabs.csv"
+    tabs.write_bytes(write_csv(tmp_path, samples, "\t").read_bytes())
+    with pytest.raises(ValueError) as error:
+        data.from_csv(tabs, hash_tokenizer, 2)
+    assert str(error.value).endswith(
+        "split on commas. Received the columns ['filepath\\ttitle']. The header splits "
+        "on tabs into ['filepath', 'title']: pass separator='\\t' (or name the file "
+        ".tsv for tabs).")
+    assert collect(data.from_csv(tabs, hash_tokenizer, 3, separator="\t",
+                                 image_size=SIZE))[1] == 3
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(ValueError, match=r"Received: an empty file .* Write the header"):
+        data.from_csv(tmp_path / "empty.csv", hash_tokenizer, 2)
+    (tmp_path / "header.csv").write_text("filepath,title\n")
+    with pytest.raises(ValueError, match=r"Received: only the header \['filepath', 'title'\]\. "
+                       "Add rows"):
+        data.from_csv(tmp_path / "header.csv", hash_tokenizer, 2)
+    # Fewer pairs than one batch, when the remainder is dropped.
+    with pytest.raises(ValueError, match=r"full batch of 8 pairs.* Received: 3 rows with an "
+                       r"existing image in .*pairs.csv, .* Lower `batch_size` to 3 or less"):
+        data.from_csv(csv_path, hash_tokenizer, 8, training=True)
+    with pytest.raises(ValueError, match=r"full batch of 4 pairs.* Received: 3 image-caption "
+                       "pairs, "):
+        data.from_arrays(np.stack([random_image(i) for i in range(3)]), ["a", "b", "c"],
+                         hash_tokenizer, 4, drop_remainder=True)
+    with pytest.raises(ValueError, match=r"at least 2 pairs.* Received: 1 image-caption pairs "
+                       "for shard 1 of 3"):
+        data.from_arrays(np.stack([random_image(i) for i in range(4)]), list("abcd"),
+                         hash_tokenizer, 2, num_shards=3, shard_index=1)
+
+
+def test_streaming_source_short_of_one_batch_raises_on_the_pass(tmp_path):
+    path = str(tmp_path / "few.tfrecord")
+    data.write_tfrecord(path, [encode(random_image(i), "PNG") for i in range(3)],
+                        ["a", "b", "c"])
+    ds = data.from_tfrecord(path, hash_tokenizer, 4, image_size=SIZE, training=True)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"full batch of 4 pairs.*"
+                       r"Received: 3 usable pairs in the pass.* Lower `batch_size` to 3"):
+        collect(ds)
+    data.write_tfrecord(path, [encode(random_image(0), "PNG")], ["a"])
+    ds = data.from_tfrecord(path, hash_tokenizer, 4, image_size=SIZE)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="batch of one has no negatives"):
+        collect(ds)
+
+
 def test_arrays_uint8_and_bytes():
     images = np.stack([random_image(i) for i in range(7)])
     captions = [f"thing {i}" for i in range(7)]
     ds = data.from_arrays(images, captions, hash_tokenizer, 3, image_size=SIZE)
     batches, count = collect(ds)
-    assert count == 7 and [b["images"].shape[0] for b in batches] == [3, 3, 1]
+    # The last batch would hold one pair: dropped, and counted.
+    assert count == 6 and [b["images"].shape[0] for b in batches] == [3, 3]
+    assert ds.skip_counter.last_pass()["batch_of_one"] == 1
     encoded = [encode(i, "PNG") for i in images]
     ds2 = data.from_arrays(encoded, captions, hash_tokenizer, 3, image_size=SIZE)
     for a, b in zip(batches, ds2):  # PNG is lossless: same pixels, same order
@@ -301,7 +467,7 @@ def test_downscale_option_reaches_the_training_transform():
 
 @pytest.mark.parametrize("source", ["arrays", "webdataset"])
 def test_sharding_partitions_the_data(tmp_path, source):
-    n, num_shards = 10, 3
+    n, num_shards = 12, 3
     captions = [f"item{i}" for i in range(n)]
     images = np.stack([random_image(i) for i in range(n)])
     samples = {c: (encode(im, "PNG"), c.encode()) for c, im in zip(captions, images)}
@@ -366,11 +532,11 @@ def test_fit_consumes_batches_and_logs_skips(tmp_path):
 
 def test_counter_is_single_use():
     counter = data.SkipCounter("mine")
-    images = np.stack([random_image(0)])
-    data.from_arrays(images, ["x"], hash_tokenizer, 1, counter=counter)
+    images = np.stack([random_image(0), random_image(1)])
+    data.from_arrays(images, ["x", "y"], hash_tokenizer, 2, counter=counter)
     with pytest.raises(ValueError, match="fresh `SkipCounter`"):
-        data.from_arrays(images, ["x"], hash_tokenizer, 1, counter=counter)
-    assert data_pipeline.REASONS[-1] == "decode_error"
+        data.from_arrays(images, ["x", "y"], hash_tokenizer, 2, counter=counter)
+    assert data_pipeline.REASONS[-2:] == ("decode_error", "batch_of_one")
 
 
 def test_pretokenized_matches_tokenizer():

@@ -1,8 +1,11 @@
 """Checkpoint conversion: OpenAI / open_clip / Hugging Face <-> `CLIPModel`.
 
-- `from_open_clip(checkpoint, activation=None, tokenizer=None, **options)`:
-  OpenAI `.pt` (TorchScript, read without running it), open_clip state
-  dicts (`.safetensors`, `.pt`, `.bin`, hub folders), ViT or ResNet.
+- `from_open_clip(checkpoint, activation=None, tokenizer=None, config=None,
+  vision_heads=None, text_heads=None, **options)`: OpenAI `.pt`
+  (TorchScript, read without running it), open_clip state dicts
+  (`.safetensors`, `.pt`, `.bin`, hub folders), ViT or ResNet. Head counts
+  a bare state dict cannot tell are assumed by OpenAI's rule with a
+  `UserWarning`, unless given.
 - `from_huggingface(path_or_model)`: a `transformers` CLIP folder or model.
 - `to_open_clip(model, path=None)`: back to an open_clip state dict /
   `.safetensors`; `open_clip_model_config(config)` gives its `model_cfg`.

@@ -52,6 +52,44 @@ def _refused(path, detail):
     )
 
 
+_EXPECTED_FORMATS = (
+    "a checkpoint: a torch.save file (.pt / .bin / .pth), a .safetensors "
+    "file or an OpenAI TorchScript .pt"
+)
+
+
+def describe_file(path):
+    """A few words on what a file holds: size, and its first bytes."""
+    size = os.path.getsize(path)
+    if size == 0:
+        return "an empty file (0 bytes)"
+    with open(path, "rb") as f:
+        head = f.read(48)
+    if zipfile.is_zipfile(path):
+        return f"a zip archive of {size:,} bytes"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        text = ""
+    if text and all(c.isprintable() or c in "\r\n\t" for c in text):
+        return f"a text file of {size:,} bytes starting {text[:40]!r}"
+    return f"a file of {size:,} bytes starting {head[:16]!r}"
+
+
+def unreadable(path, error=None):
+    """The `ValueError` for a file that is no checkpoint of a known format."""
+    detail = ""
+    if error is not None:
+        lines = str(error).strip().splitlines()
+        detail = f" ({type(error).__name__}: {lines[0] if lines else 'no message'})"
+    return ValueError(
+        f"Expected {_EXPECTED_FORMATS}. Received: {path}, "
+        f"{describe_file(path)}, which none of them reads{detail}. Check "
+        "that the path names the checkpoint and that its download or copy "
+        "finished."
+    )
+
+
 # ---- TorchScript archives ----------------------------------------------
 
 
@@ -293,14 +331,18 @@ def _load_torch_pickle(path):
             warnings.simplefilter("ignore", UserWarning)
             loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        first_line = str(error).strip().splitlines()
-        raise _refused(
-            path, first_line[-1] if first_line else "unpickling failed"
-        ) from None
+        lines = str(error).strip().splitlines()
+        # torch refuses what its weights-only unpickler does not allow;
+        # other unpickling errors mean the file is no pickle at all.
+        if "weights only" not in str(error).lower():
+            raise unreadable(path, error) from None
+        raise _refused(path, lines[-1] if lines else "unpickling failed") from None
     except RuntimeError as error:
         if "TorchScript" in str(error):
             raise _refused(path, "a TorchScript archive") from None
-        raise
+        raise unreadable(path, error) from None
+    except Exception as error:  # noqa: BLE001 - garbage fails in many ways
+        raise unreadable(path, error) from None
     return loaded
 
 
@@ -356,12 +398,21 @@ def load_state_dict(path):
         raise FileNotFoundError(
             f"Expected a checkpoint file. Received: {path!r} (not a file)"
         )
+    if os.path.getsize(path) == 0:
+        raise unreadable(path)
     if _is_safetensors(path):
-        return unwrap_state_dict(_load_safetensors(path), path), {
-            "format": "safetensors"
-        }
+        try:
+            state = _load_safetensors(path)
+        except Exception as error:  # noqa: BLE001 - e.g. a file cut short
+            raise unreadable(path, error) from None
+        return unwrap_state_dict(state, path), {"format": "safetensors"}
     if is_torchscript_archive(path):
-        state, names = read_torchscript_state_dict(path)
+        try:
+            state, names = read_torchscript_state_dict(path)
+        except (UnsafeCheckpointError, ValueError):
+            raise
+        except Exception as error:  # noqa: BLE001 - a damaged archive
+            raise unreadable(path, error) from None
         return state, {"format": "torchscript", "class_names": names}
     loaded = _load_torch_pickle(path)
     return unwrap_state_dict(loaded, path), {"format": "torch"}

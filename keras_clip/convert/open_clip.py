@@ -10,6 +10,7 @@ config, or from OpenAI's conventions.
 
 import json
 import os
+import warnings
 
 import numpy as np
 
@@ -173,17 +174,46 @@ def _resolve_source(checkpoint, config):
     return state_dict, info, config, path
 
 
+def _warn_assumed_heads(fields, assumed, source):
+    said = " and ".join(f"{name}={fields[name]}" for name in assumed)
+    how = " and ".join(f"`{name}=`" for name in assumed)
+    warnings.warn(
+        f"Assumed {said} for {source} by OpenAI's rule (width / 64; the "
+        "ResNet attention pool: width * 32 / 64): a bare state dict does not "
+        "record head counts, and weights trained with other head counts "
+        "convert without error but compute different embeddings. Pass "
+        f"{how} to `from_open_clip` (or `config=`, the model's open_clip "
+        "config) to set them.",
+        UserWarning,
+        stacklevel=3,
+    )
+
+
 def from_open_clip(
-    checkpoint, activation=None, tokenizer=None, config=None, **overrides
+    checkpoint,
+    activation=None,
+    tokenizer=None,
+    config=None,
+    vision_heads=None,
+    text_heads=None,
+    **overrides,
 ):
     """Builds a `CLIPModel` from an OpenAI or open_clip checkpoint.
 
     The architecture (ViT or modified ResNet, widths, depths, patch and
     image size, context length, vocabulary, embedding size) is read from
-    the weights' shapes; every key must be used and every shape must match,
-    otherwise a `ValueError` names the offending keys. Torch files are read
-    with `weights_only=True` and OpenAI's TorchScript archives without
-    running their code; torch is needed only for `torch.save` files.
+    the weights' shapes; every key must be used, every shape must match
+    and every weight must be finite, otherwise a `ValueError` names the
+    offending keys. A file that is no checkpoint is a `ValueError` naming
+    the formats read and what the file holds. Torch files are read with
+    `weights_only=True` and OpenAI's TorchScript archives without running
+    their code; torch is needed only for `torch.save` files.
+
+    Attention head counts are not in the weights: they come from
+    `vision_heads` / `text_heads`, or an open_clip `config`, or else
+    OpenAI's rule (width / 64), which is exact for OpenAI's checkpoints
+    (those carrying `input_resolution`) and is announced by a
+    `UserWarning` for any other.
 
     Args:
         checkpoint: a state dict (torch tensors or NumPy arrays), a
@@ -202,9 +232,13 @@ def from_open_clip(
             `model_cfg` of `open_clip_config.json` or the whole file),
             cross-checked against the shapes; supplies heads, activation,
             mean / std. A hub folder's config is found automatically.
-        **overrides: `CLIPConfig` fields: those the shapes cannot tell
-            (`vision_heads`, `text_heads`, `eot_token_id`, `image_mean`,
-            `image_std`, `logit_scale_max`) or, as a cross-check, others.
+        vision_heads: int, attention heads of the image tower (a ViT's
+            blocks, or a ResNet's attention pool); e.g. open_clip's
+            `width // head_width` (`32 * width // head_width` for a ResNet).
+        text_heads: int, attention heads of the text tower.
+        **overrides: other `CLIPConfig` fields: those the shapes cannot tell
+            (`eot_token_id`, `image_mean`, `image_std`, `logit_scale_max`)
+            or, as a cross-check, others.
 
     Returns:
         A `keras_clip.CLIPModel` on the current Keras backend, float32.
@@ -216,8 +250,11 @@ def from_open_clip(
     model.save("vit_b32.keras")
     ```
     """
+    for name, value in (("vision_heads", vision_heads), ("text_heads", text_heads)):
+        if value is not None:
+            overrides[name] = value
     state_dict, info, config, source = _resolve_source(checkpoint, config)
-    fields = infer_config_fields(state_dict)
+    fields = infer_config_fields(state_dict, source)
     preprocess = {}
     from_config = {}
     if config is not None:
@@ -257,6 +294,12 @@ def from_open_clip(
             f"models). Received: {source}"
         )
     fields["activation"] = activation
+    assumed = [
+        name for name in ("vision_heads", "text_heads")
+        if name not in from_config and name not in overrides
+    ]
+    if assumed and "input_resolution" not in state_dict:
+        _warn_assumed_heads(fields, assumed, source)
     fields = common.apply_overrides(fields, overrides)
     clip_config = configs.CLIPConfig(**fields)
     model = common.build_model(clip_config, tokenizer)

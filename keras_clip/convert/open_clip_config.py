@@ -6,6 +6,7 @@ open_clip model config states, for cross-checking; `open_clip_model_config`
 goes the other way, for exporting.
 """
 
+import difflib
 import math
 
 from keras_clip.convert import common
@@ -33,23 +34,68 @@ def _square_root(n, what):
     return root
 
 
+def nearby_keys(keys, key, limit=8):
+    """Up to `limit` of `keys` closest to `key`: those sharing the longest
+    dotted prefix with it, else the most similar names."""
+    keys = list(keys)
+    parts = key.split(".")
+    for depth in range(len(parts) - 1, 0, -1):
+        prefix = ".".join(parts[:depth]) + "."
+        found = [k for k in keys if k.startswith(prefix)]
+        if found:  # most similar first
+            similarity = lambda k: difflib.SequenceMatcher(None, key, k).ratio()
+            return sorted(found, key=similarity, reverse=True)[:limit]
+    return difflib.get_close_matches(key, keys, n=limit, cutoff=0.4) or keys[:limit]
+
+
+class _Keys:
+    """Reads a state dict's shapes; a missing key is one clear `ValueError`."""
+
+    def __init__(self, state_dict, source):
+        self.sd = state_dict
+        self.source = source
+
+    def __contains__(self, key):
+        return key in self.sd
+
+    def __iter__(self):
+        return iter(self.sd)
+
+    def __getitem__(self, key):
+        if key not in self.sd:
+            raise ValueError(
+                f"Expected the key {key!r} in {self.source}, as in every "
+                "OpenAI / open_clip CLIP checkpoint of this layout. Received: "
+                f"no such key among its {len(self.sd)} keys; keys found "
+                f"nearby: {nearby_keys(self.sd, key)}. Check that it is a "
+                "complete CLIP checkpoint (not one tower or a fine-tuned "
+                "head alone)."
+            )
+        return self.sd[key]
+
+
 def _mlp_ratio(state_dict, prefix, width):
     return state_dict[f"{prefix}resblocks.0.mlp.c_fc.weight"].shape[0] / width
 
 
-def infer_config_fields(state_dict):
+def infer_config_fields(state_dict, source="the state dict"):
     """`CLIPConfig` fields read from the shapes of an open_clip state dict.
 
     Heads follow OpenAI's rule (`width // 64` for a ViT and the text
     tower, `32 * width // 64` for the ResNet attention pool).
+
+    Args:
+        state_dict: mapping of keys to arrays.
+        source: names where it came from, in errors.
     """
-    sd = state_dict
+    sd = _Keys(state_dict, source)
     for key in ("positional_embedding", "token_embedding.weight",
                 "ln_final.weight", "text_projection"):
         if key not in sd:
             raise ValueError(
                 "Expected an OpenAI / open_clip CLIP state dict (keys such "
-                f"as {key!r}). Received: keys {list(sd)[:8]}..."
+                f"as {key!r}). Received: {source} with keys "
+                f"{list(state_dict)[:8]}..."
             )
     text_width = sd["ln_final.weight"].shape[0]
     fields = dict(
@@ -100,8 +146,8 @@ def infer_config_fields(state_dict):
     else:
         raise ValueError(
             "Expected a ViT (`visual.proj`) or a modified ResNet "
-            "(`visual.attnpool.*`) image tower. Received: visual keys "
-            f"{[k for k in sd if k.startswith('visual.')][:8]}"
+            f"(`visual.attnpool.*`) image tower. Received: {source} with "
+            f"visual keys {[k for k in sd if k.startswith('visual.')][:8]}"
         )
     if channels != 3:
         raise ValueError(
@@ -165,7 +211,8 @@ def fields_from_open_clip_config(model_cfg):
         context_length=text.get("context_length"),
         vocabulary_size=text.get("vocab_size"),
         text_width=text.get("width"),
-        text_heads=text.get("heads"),
+        # open_clip's `CLIPTextCfg` default when the config omits it.
+        text_heads=text.get("heads", 8) if text else None,
         text_layers=text.get("layers"),
     )
     return {k: v for k, v in fields.items() if v is not None}
@@ -184,6 +231,8 @@ def open_clip_model_config(config):
             patch_size=config.patch_size,
             head_width=config.vision_width // config.vision_heads,
         )
+    else:  # open_clip: attention-pool heads = 32 * width // head_width.
+        vision["head_width"] = 32 * config.vision_width // config.vision_heads
     return dict(
         embed_dim=config.embed_dim,
         quick_gelu=config.activation == "quick_gelu",

@@ -85,7 +85,8 @@ def load_weights(entries, state_dict, architecture, source="checkpoint"):
 
     Raises:
         ValueError: naming every missing key, every key left unused, every
-            shape that differs and every constant buffer with a wrong value.
+            shape that differs, every weight holding NaN or infinity and
+            every constant buffer with a wrong value.
     """
     expected = {e.key: e for e in entries}
     missing = [e.key for e in entries if not e.optional and e.key not in state_dict]
@@ -105,6 +106,24 @@ def load_weights(entries, state_dict, architecture, source="checkpoint"):
         raise ValueError(
             f"Expected the shapes of {architecture}. Received: {source} "
             f"with {len(wrong)} wrong shape(s): " + "; ".join(wrong[:20])
+        )
+    non_finite = []
+    for entry in entries:
+        if entry.variable is None or entry.kind in (COUNTER, CONSTANT):
+            continue
+        array = np.asarray(state_dict[entry.key])
+        if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+            nan = int(np.isnan(array).sum())
+            non_finite.append(
+                f"{entry.key} ({nan} NaN, {int(np.isinf(array).sum())} infinite "
+                f"of {array.size})"
+            )
+    if non_finite:
+        raise ValueError(
+            f"Expected finite values in every weight of {architecture}. "
+            f"Received: {source} with NaN or infinity at {len(non_finite)} "
+            f"key(s): {'; '.join(non_finite[:20])}. The file is damaged or "
+            "was saved after training diverged: convert an earlier checkpoint."
         )
     for entry in entries:
         if entry.key in state_dict and entry.kind == CONSTANT:

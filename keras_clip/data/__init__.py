@@ -18,11 +18,14 @@ sharding (`num_shards`, `shard_index`: e.g. `jax.process_count()` /
 `jax.process_index()`, or a `tf.distribute.InputContext`'s
 `num_input_pipelines` / `input_pipeline_id`) happen in the source.
 
-Bad samples never stop an epoch: missing, empty, truncated or corrupt images
-and missing, non-UTF-8 or empty captions are skipped and counted per reason in
+Bad samples never stop an epoch: missing, empty, truncated or corrupt images,
+missing, non-UTF-8 or empty captions, unreadable shards and damaged or
+invalid TFRecord records are skipped and counted per reason in
 `dataset.skip_counter` (a `SkipCounter`), logged after each pass, and a pass
-in which every sample was bad raises an error. `SkipCountLogger` reports the
-counts from `model.fit`.
+in which every sample was bad raises an error. `batch_size` must be at least
+2, and a pass's last batch of a single pair is dropped and counted as
+`batch_of_one`: a contrastive batch of one has no negatives to learn from.
+`SkipCountLogger` reports the counts from `model.fit`.
 
 Example:
 
@@ -54,6 +57,7 @@ _FROM_SOURCES = (
     "from_tfrecord",
     "from_webdataset",
     "pretokenized",
+    "read_csv_pairs",
     "write_tfrecord",
 )
 _SUBMODULES = (
@@ -64,7 +68,9 @@ _SUBMODULES = (
     "pipeline",
     "preprocess",
     "shards",
+    "skips",
     "sources",
+    "tfrecord",
 )
 
 __all__ = list(_FROM_SOURCES)

@@ -1,13 +1,14 @@
 """Decoding and validity checks for raw image-caption samples (TF ops).
 
-Reason codes name why a sample is skipped; sources set the first few in a
-sample's `status`, `check_sample` finds the others before decoding, and
-`decode_image` failures are counted as `decode_error` by the pipeline.
+Reason codes name why a sample is skipped; sources set some in a sample's
+`status` (missing parts, unreadable shards and records), `check_sample`
+finds the others before decoding, and the pipeline counts `decode_image`
+failures as `decode_error` and a pass's last batch of one as `batch_of_one`.
 """
 
 import tensorflow as tf
 
-# Reason codes. Sources set the first few in `status`; checks add the rest.
+# Reason codes. Sources set some in `status`; checks add the rest.
 OK = 0
 MISSING_IMAGE = 1
 EMPTY_IMAGE = 2
@@ -16,8 +17,11 @@ MISSING_CAPTION = 4
 INVALID_UTF8_CAPTION = 5
 EMPTY_CAPTION = 6
 SHARD_ERROR = 7
-NUM_CHECKED = 8  # codes decided before decoding
+INVALID_RECORD = 8
+DATA_LOSS = 9
+NUM_CHECKED = 10  # codes decided before decoding
 END = -1  # status / reason of the end-of-pass marker
+# Names of the codes 1.., then of the two decided after decoding.
 REASONS = (
     "missing_image",  # file or tar member absent
     "empty_image",  # zero bytes
@@ -26,7 +30,10 @@ REASONS = (
     "invalid_utf8_caption",
     "empty_caption",  # empty or whitespace only
     "shard_error",  # a tar shard that could not be read to its end
+    "invalid_record",  # a TFRecord record that is not a `tf.train.Example`
+    "data_loss",  # a TFRecord record lost to damage: bad checksum, cut short
     "decode_error",  # truncated or corrupt image data
+    "batch_of_one",  # a pass's last batch held one pair: no negatives, dropped
 )
 
 
@@ -115,11 +122,10 @@ def check_sample(image, caption, status, image_kind):
         (EMPTY_CAPTION, empty_caption),
         (INVALID_UTF8_CAPTION, tf.logical_not(valid_utf8)),
         (EMPTY_IMAGE, empty_image),
-        (SHARD_ERROR, tf.equal(status, SHARD_ERROR)),
-        (MISSING_CAPTION, tf.equal(status, MISSING_CAPTION)),
-        (MISSING_IMAGE, tf.equal(status, MISSING_IMAGE)),
     ):
         reason = tf.where(failed, code, reason)
+    # What the source found wrong (missing parts, damage) comes first.
+    reason = tf.where(tf.equal(status, OK), reason, status)
     return image, caption, reason
 
 

@@ -21,163 +21,87 @@ iterator over the same dataset cannot disturb them:
 4. after batching and tokenizing, a one-batch look-ahead `scan`, the last
    stage, counts decoded samples. When the marker arrives it closes the pass
    (`decode_error = passed checks - decoded`, plus any sample lost in step
-   2), adds it to the `SkipCounter`'s variables, logs a line and raises if
-   nothing survived, and only then releases the last batch.
+   2; a last batch of a single pair is dropped as `batch_of_one`: a
+   contrastive batch of one has no negatives), adds it to the
+   `SkipCounter`'s variables, logs a line and raises if nothing survived or
+   `drop_remainder` left no full batch, and only then releases the last
+   batch.
 
 Nothing reads ahead of the look-ahead (no prefetch or parallel map after it),
 so a pass is closed when the consumer asks for its last batch, not when an
 abandoned iterator's read-ahead reaches the end.
 """
 
-import logging
+import numbers
 
-import keras
-import numpy as np
 import tensorflow as tf
 
 from keras_clip.data import augment
 from keras_clip.data.decode import END
 from keras_clip.data.decode import NUM_CHECKED
 from keras_clip.data.decode import OK
-from keras_clip.data.decode import REASONS
+from keras_clip.data.decode import REASONS  # noqa: F401 - re-exported
 from keras_clip.data.decode import check_sample
 from keras_clip.data.decode import decode_image
+from keras_clip.data.skips import SkipCounter
+from keras_clip.data.skips import SkipCountLogger  # noqa: F401 - re-exported
 
-logger = logging.getLogger("keras_clip.data")
 
+def check_batching(batch_size, image_size=224):
+    """Raises unless `batch_size` is an int >= 2 and `image_size` a positive int.
 
-class SkipCounter:
-    """Counts the samples an input pipeline skipped, per reason.
-
-    One counter belongs to one pipeline. A pass (epoch) is counted when the
-    consumer asks for its last batch; the counts are final before that batch
-    is returned. Each finished pass is also written to the `keras_clip.data`
-    logger (warning level when anything was skipped).
-
-    Args:
-        name: str, names the source in log lines and errors.
-
-    Example:
-
-    >>> counter = SkipCounter()
-    >>> ds = keras_clip.data.from_csv("pairs.csv", tok, batch_size=32,
-    ...                               counter=counter)  # doctest: +SKIP
-    >>> for batch in ds: ...  # doctest: +SKIP
-    >>> counter.last_pass()  # {"ok": 98, "missing_image": 1, ...}
+    A contrastive batch of one pair has no negatives: its loss is 0 and its
+    accuracy 1 whatever the weights, so nothing is learned.
     """
-
-    def __init__(self, name="dataset"):
-        self.name = name
-        self._attached = False
-        n = len(REASONS) + 1
-        with tf.init_scope(), tf.device("/cpu:0"):
-            self._total = tf.Variable(tf.zeros([n], tf.int64), trainable=False)
-            self._last = tf.Variable(tf.zeros([n], tf.int64), trainable=False)
-            self._passes = tf.Variable(tf.constant(0, tf.int64), trainable=False)
-
-    @staticmethod
-    def _as_dict(vector):
-        values = [int(v) for v in np.asarray(vector)]
-        return dict(zip(("ok",) + REASONS, values))
-
-    @property
-    def num_passes(self):
-        """Number of passes (epochs) completed so far."""
-        return int(self._passes.numpy())
-
-    def totals(self):
-        """Dict `{"ok": n, reason: n, ...}` summed over completed passes."""
-        return self._as_dict(self._total.numpy())
-
-    def last_pass(self):
-        """Dict `{"ok": n, reason: n, ...}` of the last completed pass."""
-        return self._as_dict(self._last.numpy())
-
-    def skipped(self, last_pass=False):
-        """Total number of skipped samples (all passes, or the last one)."""
-        counts = self.last_pass() if last_pass else self.totals()
-        return sum(v for k, v in counts.items() if k != "ok")
-
-    def reset(self):
-        """Sets every count to zero."""
-        for var in (self._total, self._last, self._passes):
-            var.assign(tf.zeros_like(var))
-
-    def summary(self, counts=None):
-        """One line describing `counts` (default: the last pass)."""
-        counts = self.last_pass() if counts is None else counts
-        bad = {k: v for k, v in counts.items() if k != "ok" and v}
-        detail = ", ".join(f"{k}={v}" for k, v in bad.items()) or "none"
-        return (
-            f"{self.name}: {counts['ok']} pairs ok, {sum(bad.values())} "
-            f"skipped ({detail})"
+    if (
+        isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral)
+        or batch_size < 2
+    ):
+        raise ValueError(
+            "Expected `batch_size` to be an int >= 2: a contrastive batch of "
+            "one pair has no negatives, so its loss is 0 and it learns "
+            f"nothing. Received: batch_size={batch_size!r}. Pass 2 or more."
+        )
+    if (
+        isinstance(image_size, bool) or not isinstance(image_size, numbers.Integral)
+        or image_size < 1
+    ):
+        raise ValueError(
+            "Expected `image_size` to be a positive int, the side of the "
+            f"square images fed to the model. Received: image_size={image_size!r}. "
+            "Pass e.g. image_size=224, or the model's `config.image_size`."
         )
 
-    def _attach(self):
-        if self._attached:
-            raise ValueError(
-                f"Expected a fresh `SkipCounter` for each pipeline. Received: "
-                f"the counter '{self.name}', already used by another pipeline."
-            )
-        self._attached = True
 
-    def _close_pass(self, tally, decoded):
-        """Graph side: `tally` is `[entered, count per checked reason...]`."""
-        checked = tally[1:]
-        lost_in_checks = tally[0] - tf.reduce_sum(checked)
-        decode_errors = checked[OK] - decoded + lost_in_checks
-        counts = tf.concat([[decoded], checked[1:], [decode_errors]], axis=0)
-        updates = [
-            self._total.assign_add(counts),
-            self._last.assign(counts),
-            self._passes.assign_add(1),
-        ]
-        with tf.control_dependencies(updates):
-            return tf.py_function(self._report, [counts], Tout=tf.bool)
+def check_enough_samples(count, batch_size, options, where):
+    """Raises when `count` known samples cannot make one batch to yield.
 
-    def _report(self, counts):
-        counts = self._as_dict(counts.numpy())
-        if counts["ok"] == 0:
-            raise ValueError(
-                f"Every sample of {self.name} was skipped, so the pipeline "
-                f"has nothing to yield. Counts: {counts}. Check the paths, "
-                "column names and caption encoding."
-            )
-        skipped = sum(counts.values()) > counts["ok"]
-        level = logging.WARNING if skipped else logging.INFO
-        logger.log(level, "pass %d over %s", self.num_passes, self.summary(counts))
-        return True
-
-
-class SkipCountLogger(keras.callbacks.Callback):
-    """Keras callback that reports a pipeline's skip counts after each epoch.
-
-    Adds `skipped_samples` (the count of the last finished pass) to the epoch
-    logs, so it appears in `History`, and logs the per-reason line.
+    For sources whose size is known before the first pass (CSV rows with an
+    existing image, in-memory arrays): fewer than two pairs (a last batch of
+    one is dropped), or fewer than `batch_size` under `drop_remainder`.
 
     Args:
-        counter: the `SkipCounter` of the training pipeline (also reachable as
-            `dataset.skip_counter`).
-
-    Example:
-
-    >>> ds = keras_clip.data.from_csv(...)  # doctest: +SKIP
-    >>> model.fit(ds, epochs=3,
-    ...           callbacks=[SkipCountLogger(ds.skip_counter)])  # doctest: +SKIP
+        count: int, the samples this worker will read.
+        batch_size: int.
+        options: the pipeline options given to the source.
+        where: str, names the samples counted, for the message.
     """
-
-    def __init__(self, counter):
-        super().__init__()
-        if not isinstance(counter, SkipCounter):
-            raise TypeError(
-                f"Expected a `SkipCounter`. Received: counter={counter!r}"
-            )
-        self.counter = counter
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
-            logs["skipped_samples"] = self.counter.skipped(last_pass=True)
-        logger.info("epoch %d: %s", epoch + 1, self.counter.summary())
+    drop_remainder = options.get("drop_remainder")
+    if drop_remainder is None:
+        drop_remainder = options.get("training", False)
+    if drop_remainder and count < batch_size:
+        raise ValueError(
+            f"Expected at least one full batch of {batch_size} pairs, since "
+            "`drop_remainder=True` (the default when training) drops the "
+            f"last partial batch. Received: {count} {where}, so no batch "
+            f"would be yielded. Lower `batch_size` to {max(2, count)} or less, "
+            "or pass drop_remainder=False."
+        )
+    if count < 2:
+        raise ValueError(
+            "Expected at least 2 pairs: a contrastive batch of one has no "
+            f"negatives, and is dropped. Received: {count} {where}. Add pairs."
+        )
 
 
 def _end_marker(spec):
@@ -247,7 +171,7 @@ def build_pipeline(
         tokenizer: callable mapping a `tf.string` tensor `(B,)` to integer ids
             `(B, L)` inside `tf.data` (e.g. `keras_clip.CLIPTokenizer`), or
             `None` to return the raw captions under `"captions"` instead.
-        batch_size: int.
+        batch_size: int >= 2 (a contrastive batch of one learns nothing).
         image_size: int, side of the square output images.
         training: bool, random-resized crop (and rotation) vs. resize + center
             crop; also the default for `drop_remainder`.
@@ -266,7 +190,9 @@ def build_pipeline(
             always keep order. Defaults to `True` for evaluation or when
             `seed` is given.
         drop_remainder: bool, drop the last partial batch. Defaults to
-            `training`.
+            `training`. Either way a pass's last batch of a single pair is
+            dropped and counted as `batch_of_one` (no negatives to learn
+            from).
         keep_captions: bool, also return the caption strings as `"captions"`.
         token_multiple: optional int; cuts each batch's `token_ids` after
             its longest caption's end-of-text, rounded up to a multiple of
@@ -298,10 +224,8 @@ def build_pipeline(
         raise ValueError(
             f"Expected `token_multiple` to be None or a positive int. Received: {token_multiple!r}"
         )
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(
-            f"Expected a positive int `batch_size`. Received: {batch_size!r}"
-        )
+    check_batching(batch_size, image_size)
+    batch_size = int(batch_size)
     if tokenizer is not None and not callable(tokenizer):
         raise TypeError(f"Expected a callable `tokenizer`. Received: {tokenizer!r}")
     counter = SkipCounter(name) if counter is None else counter
@@ -405,22 +329,29 @@ def build_pipeline(
         n_real = tf.shape(real["images"])[0]
         decoded += int64(n_real)
         end_tally = tf.reduce_sum(tf.boolean_mask(tally, is_end), axis=0)
+        if drop_remainder:  # drop any batch short of `batch_size`
+            keep_batch = tf.equal(n_real, batch_size)
+            batch_of_one = tf.constant(0, tf.int64)
+        else:  # only the last batch can be short: drop it if it holds one
+            single = has_end & tf.equal(n_real, 1)
+            keep_batch = tf.logical_not(single)
+            batch_of_one = int64(single)
         closed = tf.cond(
             has_end,
-            lambda: counter._close_pass(end_tally, decoded),
+            lambda: counter._close_pass(end_tally, decoded, batch_of_one, full_batch),
             lambda: tf.constant(True),
         )
-        if drop_remainder:  # drop any batch short of `batch_size`
-            real = tf.cond(
-                tf.equal(n_real, batch_size),
-                lambda: real,
-                lambda: tf.nest.map_structure(lambda x: x[:0], real),
-            )
+        real = tf.cond(
+            keep_batch,
+            lambda: real,
+            lambda: tf.nest.map_structure(lambda x: x[:0], real),
+        )
         with tf.control_dependencies([closed]):
             out = tf.nest.map_structure(tf.identity, held)
         decoded = tf.where(has_end, tf.constant(0, tf.int64), decoded)
         return (real, decoded), out
 
+    full_batch = tf.constant(batch_size if drop_remainder else 1, tf.int64)
     initial = (tf.nest.map_structure(empty, spec[0]), tf.constant(0, tf.int64))
     ds = ds.scan(initial, plain(look_ahead))
     ds = ds.filter(plain(lambda out: tf.shape(out["images"])[0] > 0))

@@ -13,6 +13,8 @@ import numpy as np
 import tensorflow as tf
 
 from keras_clip.data.pipeline import build_pipeline
+from keras_clip.data.pipeline import check_batching
+from keras_clip.data.tfrecord import file_samples
 from keras_clip.data.decode import MISSING_CAPTION
 from keras_clip.data.decode import MISSING_IMAGE
 from keras_clip.data.decode import OK
@@ -154,7 +156,7 @@ def from_webdataset(
         shards: a path, a brace pattern (`"data/{00000..00099}.tar"`), a glob,
             or a list of those.
         tokenizer: see `build_pipeline`.
-        batch_size: int.
+        batch_size: int >= 2.
         image_extensions: tuple of image extensions, by priority.
         caption_extension: str, extension of the caption member.
         num_shards: int, number of workers. With at least as many tar files
@@ -169,6 +171,7 @@ def from_webdataset(
         A batched `tf.data.Dataset` with a `skip_counter` attribute.
     """
     check_sharding(num_shards, shard_index)
+    check_batching(batch_size, options.get("image_size", 224))
     files = expand_files(shards, "tar")
     training = options.get("training", False)
     seed = options.get("seed")
@@ -255,13 +258,19 @@ def from_tfrecord(
     """Pipeline over TFRecord files of `tf.train.Example` image-caption pairs.
 
     Records lacking the image or the caption feature count as
-    `missing_image` / `missing_caption`. TFRecord files carry checksums; a
-    damaged file raises `DataLossError` rather than losing records silently.
+    `missing_image` / `missing_caption`, and records that are not
+    `tf.train.Example` protos as `invalid_record`. TFRecord files carry
+    checksums, and reading a file stops at its first damaged record (one
+    that fails its checksum or that the file cuts short): every record from
+    there to the end of the file counts as `data_loss`, and a warning on the
+    `keras_clip.data` logger names the file, the byte where reading stopped
+    and the bytes and records lost (see `keras_clip.data.tfrecord`). A file
+    that does not exist raises `FileNotFoundError`.
 
     Args:
         files: a path, brace pattern, glob, or a list of those.
         tokenizer: see `build_pipeline`.
-        batch_size: int.
+        batch_size: int >= 2.
         image_key: feature name of the encoded image.
         caption_key: feature name of the caption.
         num_shards: int, number of workers (by file when there are enough
@@ -275,7 +284,15 @@ def from_tfrecord(
         A batched `tf.data.Dataset` with a `skip_counter` attribute.
     """
     check_sharding(num_shards, shard_index)
+    check_batching(batch_size, options.get("image_size", 224))
     paths = expand_files(files, "TFRecord")
+    missing = [p for p in paths if not tf.io.gfile.exists(p)]
+    if missing:
+        raise FileNotFoundError(
+            f"Expected existing TFRecord files. Received {len(missing)} "
+            f"path(s) that do not exist: {missing[:5]}. Check the paths or "
+            "the brace pattern."
+        )
     training = options.get("training", False)
     seed = options.get("seed")
     by_file = len(paths) >= num_shards
@@ -284,33 +301,15 @@ def from_tfrecord(
         file_ds = file_ds.shard(num_shards, shard_index)
     if training:
         file_ds = file_ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
-    records = file_ds.interleave(
-        tf.data.TFRecordDataset,
+    raw = file_ds.interleave(
+        lambda path: file_samples(path, image_key, caption_key),
         cycle_length=cycle_length,
         num_parallel_calls=tf.data.AUTOTUNE,
     )
     if not by_file:
-        records = records.shard(num_shards, shard_index)
+        raw = raw.shard(num_shards, shard_index)
     if training:
-        records = records.shuffle(shuffle_buffer, seed=seed)
-    spec = {
-        image_key: tf.io.VarLenFeature(tf.string),
-        caption_key: tf.io.VarLenFeature(tf.string),
-    }
-
-    def parse(record):
-        example = tf.io.parse_single_example(record, spec)
-        image = example[image_key].values
-        caption = example[caption_key].values
-        status = tf.where(
-            tf.size(image) == 0,
-            MISSING_IMAGE,
-            tf.where(tf.size(caption) == 0, MISSING_CAPTION, OK),
-        )
-        first = lambda v: tf.concat([v, [""]], 0)[0]
-        return first(image), first(caption), tf.cast(status, tf.int32)
-
-    raw = records.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+        raw = raw.shuffle(shuffle_buffer, seed=seed)
     return build_pipeline(
         raw, "bytes", tokenizer, batch_size, name=f"tfrecord:{paths[0]}", **options
     )

@@ -4,14 +4,18 @@ See `keras_clip.data` for what they share (output, options, skipped samples).
 """
 
 import csv
+import difflib
+import io
 import os
 
 import numpy as np
 import tensorflow as tf
 
-from keras_clip.data.pipeline import SkipCounter
-from keras_clip.data.pipeline import SkipCountLogger
+from keras_clip.data.skips import SkipCounter
+from keras_clip.data.skips import SkipCountLogger
 from keras_clip.data.pipeline import build_pipeline
+from keras_clip.data.pipeline import check_batching
+from keras_clip.data.pipeline import check_enough_samples
 from keras_clip.data.shards import IMAGE_EXTENSIONS
 from keras_clip.data.shards import check_sharding
 from keras_clip.data.shards import expand_braces
@@ -37,6 +41,7 @@ __all__ = [
     "from_tfrecord",
     "from_webdataset",
     "pretokenized",
+    "read_csv_pairs",
     "write_tfrecord",
 ]
 
@@ -59,6 +64,99 @@ def csv_separator(path, separator=None):
     return "\t" if os.fspath(path).endswith((".tsv", ".txt")) else ","
 
 
+# Separators tried when a header lacks the columns asked for, and their names.
+_SEPARATOR_NAMES = {",": "commas", "\t": "tabs", ";": "semicolons", "|": "pipes"}
+
+
+def _split_header(line, separator):
+    return next(csv.reader(io.StringIO(line), delimiter=separator), [])
+
+
+def _missing_columns_error(path, header, columns, wanted, separator):
+    """The one-line `ValueError` for a header without the wanted columns."""
+    said = _SEPARATOR_NAMES.get(separator, repr(separator))
+    expected = (
+        f"Expected the columns {wanted[0]!r} (image paths) and {wanted[1]!r} "
+        f"(captions) in the header of {path}, split on {said}. "
+        f"Received the columns {columns}"
+    )
+    # The header may be split on another separator: say which and the fix.
+    for other, name in _SEPARATOR_NAMES.items():
+        if other == separator:
+            continue
+        split = _split_header(header, other)
+        if len(split) > len(columns) and any(w in split for w in wanted):
+            return ValueError(
+                f"{expected}. The header splits on {name} into {split}: pass "
+                f"separator={other!r} (or name the file .tsv for tabs)."
+            )
+    hints = []
+    free = [c for c in columns if c not in wanted]  # columns nobody asked for
+    for what, column in zip(("image_column", "caption_column"), wanted):
+        if column not in columns:
+            guess = difflib.get_close_matches(column, free, n=1)
+            guess = guess or (free if len(free) == 1 else [])
+            hints.append(f"{what}=" + (repr(guess[0]) if guess else "one of them"))
+    return ValueError(f"{expected}. Pass {' and '.join(hints)}.")
+
+
+def read_csv_pairs(path, image_column="filepath", caption_column="title", separator=None):
+    """Reads the image paths and captions of a CSV/TSV file of pairs.
+
+    The layout of `from_csv` (open_clip's): a header row naming the columns,
+    one pair per row. Each mistake in the layout is one `ValueError` that
+    says what was expected, what the file holds and the fix: an empty file,
+    a header without the columns asked for (naming the columns found and,
+    when another separator splits the header, that separator), a header
+    with no rows after it.
+
+    Args:
+        path: path of the CSV/TSV file.
+        image_column: str, column of image paths.
+        caption_column: str, column of captions.
+        separator: str; defaults to a tab for `.tsv` / `.txt`, else `","`.
+
+    Returns:
+        `(image_paths, captions)`: two lists of `str` (undecodable bytes
+        kept as surrogates), `""` for a missing cell.
+    """
+    path = os.fspath(path)
+    separator = csv_separator(path, separator)
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
+        text = f.read()
+    if not text.strip():
+        raise ValueError(
+            f"Expected a header row naming the columns {image_column!r} and "
+            f"{caption_column!r}, then one image-caption pair per row, in "
+            f"{path}. Received: an empty file ({len(text)} characters). "
+            "Write the header and the rows, or pass the right file."
+        )
+    reader = csv.DictReader(io.StringIO(text), delimiter=separator)
+    columns = reader.fieldnames or []
+    wanted = (image_column, caption_column)
+    if any(column not in columns for column in wanted):
+        header = text.lstrip("\ufeff").splitlines()[0]
+        raise _missing_columns_error(path, header, columns, wanted, separator)
+    images, captions = [], []
+    for row in reader:
+        images.append(row.get(image_column) or "")
+        caption = row.get(caption_column)
+        captions.append("" if caption is None else caption)
+    if not images:
+        raise ValueError(
+            f"Expected at least one image-caption row after the header of "
+            f"{path}. Received: only the header {columns}. Add rows, or pass "
+            "the right file."
+        )
+    return images, captions
+
+
+def _shard_words(num_shards, shard_index):
+    if num_shards == 1:
+        return ""
+    return f" for shard {shard_index} of {num_shards}"
+
+
 def from_csv(
     path,
     tokenizer,
@@ -79,12 +177,15 @@ def from_csv(
     `--csv-separator`: a header row naming the columns, one pair per row.
     Relative image paths are resolved against `image_root` (default: the
     folder of the CSV). Missing image files are found when the pipeline is
-    built and counted as `missing_image`.
+    built and counted as `missing_image`. A layout mistake (empty file,
+    wrong column names or separator, no rows) raises a `ValueError` that
+    names the fix (see `read_csv_pairs`), and so do fewer rows with an
+    existing image than one batch can use.
 
     Args:
         path: path of the CSV/TSV file.
         tokenizer: see `build_pipeline`.
-        batch_size: int.
+        batch_size: int >= 2.
         image_column: str, column of image paths.
         caption_column: str, column of captions.
         separator: str; defaults to a tab for `.tsv` / `.txt`, else `","`.
@@ -98,34 +199,25 @@ def from_csv(
         A batched `tf.data.Dataset` with a `skip_counter` attribute.
     """
     check_sharding(num_shards, shard_index)
+    check_batching(batch_size, options.get("image_size", 224))
     path = os.fspath(path)
-    separator = csv_separator(path, separator)
     root = os.path.dirname(os.path.abspath(path)) if image_root is None else image_root
-    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
-        reader = csv.DictReader(f, delimiter=separator)
-        columns = reader.fieldnames or []
-        for column in (image_column, caption_column):
-            if column not in columns:
-                raise ValueError(
-                    f"Expected a column named {column!r} in {path}. "
-                    f"Received columns: {columns} (separator={separator!r})"
-                )
-        rows = list(reader)
-    if not rows:
-        raise ValueError(f"Expected at least one row in {path}. Received: none")
+    rows, texts = read_csv_pairs(path, image_column, caption_column, separator)
     images, captions, status = [], [], []
-    for row in rows:
-        rel = row.get(image_column) or ""
+    for rel, caption in zip(rows, texts):
         full = os.path.join(root, rel) if rel else ""
         images.append(os.fsencode(full))
-        caption = row.get(caption_column)
-        captions.append(b"" if caption is None else as_bytes(caption))
+        captions.append(as_bytes(caption))
         status.append(OK if rel and os.path.isfile(full) else MISSING_IMAGE)
     if all(s != OK for s in status):
         raise ValueError(
             f"Every image listed in {path} is missing ({len(rows)} rows). "
             f"First path tried: {images[0].decode(errors='replace')!r}"
         )
+    check_enough_samples(
+        sum(s == OK for s in status[shard_index::num_shards]), batch_size, options,
+        f"rows with an existing image in {path}{_shard_words(num_shards, shard_index)}",
+    )
     table = tf.data.Dataset.from_tensor_slices(
         (images, captions, np.asarray(status, np.int32))
     )
@@ -205,7 +297,8 @@ def from_arrays(
             aliases), a list of `N` lists of captions, of which each pass
             over the data draws one per image.
         tokenizer: see `build_pipeline`.
-        batch_size: int.
+        batch_size: int >= 2, and at most the pairs of this worker under
+            `drop_remainder`.
         num_shards: int, number of workers reading disjoint parts.
         shard_index: int, this worker's part.
         shuffle_buffer: int; defaults to `N` (a full shuffle).
@@ -221,6 +314,7 @@ def from_arrays(
         A batched `tf.data.Dataset` with a `skip_counter` attribute.
     """
     check_sharding(num_shards, shard_index)
+    check_batching(batch_size, options.get("image_size", 224))
     several = any(isinstance(c, (list, tuple)) for c in captions)
     if first_caption_probability is not None and not 0.0 <= first_caption_probability <= 1.0:
         raise ValueError(
@@ -258,6 +352,10 @@ def from_arrays(
             "Expected as many images as captions, at least one. Received: "
             f"{len(images)} images, {len(captions)} captions"
         )
+    check_enough_samples(
+        len(range(shard_index, len(captions), num_shards)), batch_size, options,
+        f"image-caption pairs{_shard_words(num_shards, shard_index)}",
+    )
     status = np.zeros([len(captions)], np.int32)
     table = tf.data.Dataset.from_tensor_slices((images, captions, status))
     table = _finish_rows(table, num_shards, shard_index, shuffle_buffer, options)
