@@ -623,3 +623,45 @@ def test_token_multiple_trims_each_batch_and_training_matches_full_length():
         np.testing.assert_allclose(a, b, atol=2e-5)
     with pytest.raises(ValueError, match="token_multiple"):
         data.from_arrays(images, words, tokenizer, 4, token_multiple=0)
+
+
+def test_sources_take_the_model_s_settings(tmp_path):
+    # `model=` gives the pipeline the model's tokenizer, image size and
+    # normalisation; the same batches as passing them by hand, and images
+    # normalised with a model's own statistics (NumPy reference from the
+    # OpenAI-normalised pixels), on every source.
+    import keras_clip
+
+    captions = ["a red square", "a blue disc", "two green dots", "one big star"] * 2
+    tok = keras_clip.CLIPTokenizer.train(captions * 3, vocabulary_size=600, context_length=16)
+    mean, std = (0.5, 0.5, 0.5), (0.25, 0.5, 0.125)
+    model = keras_clip.CLIPModel.from_preset(
+        "tiny-vit", tokenizer=tok, vocabulary_size=tok.vocabulary_size,
+        image_mean=mean, image_std=std)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (8, 40, 36, 3), dtype=np.uint8)
+    def stack(ds):
+        batches = list(ds)
+        return {k: np.concatenate([np.asarray(b[k]) for b in batches]) for k in batches[0]}
+
+    by_hand = stack(data.from_arrays(images, captions, tok, 4, image_size=32))
+    with_model = stack(data.from_arrays(images, captions, batch_size=4, model=model))
+    np.testing.assert_array_equal(with_model["token_ids"], by_hand["token_ids"])
+    openai_mean = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
+    openai_std = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
+    pixels = by_hand["images"] * openai_std + openai_mean
+    np.testing.assert_allclose(with_model["images"], (pixels - mean) / np.array(std), atol=1e-5)
+    # The CSV source too.
+    samples = {f"i{i}": (encode(images[i], "PNG"), captions[i].encode()) for i in range(8)}
+    csv_path = write_csv(tmp_path, samples)
+    from_csv = stack(data.from_csv(csv_path, batch_size=4, model=model))
+    np.testing.assert_allclose(from_csv["images"], with_model["images"], atol=1e-5)
+    # Contradictions name both sides.
+    with pytest.raises(ValueError, match="image_size=64.*32"):
+        data.from_arrays(images, captions, batch_size=4, model=model, image_size=64)
+    other = keras_clip.CLIPTokenizer.train(captions * 3, vocabulary_size=600, context_length=12)
+    with pytest.raises(ValueError, match="context length 12.*16"):
+        data.from_arrays(images, captions, other, 4, model=model)
+    bare = keras_clip.CLIPModel.from_preset("tiny-vit")
+    with pytest.raises(ValueError, match="no tokenizer"):
+        data.from_arrays(images, captions, batch_size=4, model=bare)

@@ -58,6 +58,7 @@ _FROM_SOURCES = (
     "from_webdataset",
     "pretokenized",
     "read_csv_pairs",
+    "with_model",
     "write_tfrecord",
 )
 _SUBMODULES = (

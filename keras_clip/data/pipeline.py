@@ -34,6 +34,7 @@ abandoned iterator's read-ahead reaches the end.
 
 import numbers
 
+import numpy as np
 import tensorflow as tf
 
 from keras_clip.data import augment
@@ -135,6 +136,70 @@ def trim_token_ids(token_ids, multiple):
     return token_ids[:, :length]
 
 
+def _renormalizer(mean, std):
+    """A map from OpenAI-normalised images to ones normalised with `mean` /
+    `std` (per-channel affine: back to `[0, 1]` pixels, then the new
+    statistics), or the identity when both are OpenAI's or `None`."""
+    mean = augment.OPENAI_MEAN if mean is None else tuple(float(v) for v in mean)
+    std = augment.OPENAI_STD if std is None else tuple(float(v) for v in std)
+    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+        raise ValueError(
+            "Expected `image_mean` and `image_std` as 3 values each, std > 0. "
+            f"Received: image_mean={mean}, image_std={std}"
+        )
+    if np.allclose(mean, augment.OPENAI_MEAN) and np.allclose(std, augment.OPENAI_STD):
+        return lambda images: images
+    scale = tf.constant(np.divide(augment.OPENAI_STD, std), tf.float32)
+    shift = tf.constant(np.divide(np.subtract(augment.OPENAI_MEAN, mean), std), tf.float32)
+    return lambda images: images * scale + shift
+
+
+def with_model(model, tokenizer, options):
+    """The tokenizer and pipeline options a source uses for `model`.
+
+    With `model=None` both come back as given. Otherwise the tokenizer
+    defaults to `model.tokenizer`, and `image_size`, `image_mean` and
+    `image_std` default to the model's configuration; a given value that
+    contradicts the model (another image size, a tokenizer with another
+    context length or more ids than the model embeds) is a `ValueError`
+    naming both.
+    """
+    if model is None:
+        return tokenizer, options
+    config = model.config
+    if tokenizer is None:
+        tokenizer = getattr(model, "tokenizer", None)
+        if tokenizer is None:
+            raise ValueError(
+                "`model` carries no tokenizer. Expected `model.tokenizer` or a "
+                "`tokenizer` argument. Received: neither"
+            )
+    options = dict(options)
+    size = options.setdefault("image_size", config.image_size)
+    if size != config.image_size:
+        raise ValueError(
+            f"`image_size={size}` contradicts the model's image size "
+            f"{config.image_size}. Leave `image_size` out to use the model's."
+        )
+    options.setdefault("image_mean", config.image_mean)
+    options.setdefault("image_std", config.image_std)
+    context = getattr(tokenizer, "context_length", None)
+    if context is not None and context != config.context_length:
+        raise ValueError(
+            f"The tokenizer's context length {context} differs from the model's "
+            f"{config.context_length}. Use the model's tokenizer, or build the "
+            "model from this tokenizer."
+        )
+    vocabulary = getattr(tokenizer, "vocabulary_size", None)
+    if vocabulary is not None and vocabulary > config.vocabulary_size:
+        raise ValueError(
+            f"The tokenizer has {vocabulary} ids but the model embeds only "
+            f"{config.vocabulary_size}. Use the model's tokenizer, or build the "
+            "model from this tokenizer."
+        )
+    return tokenizer, options
+
+
 def build_pipeline(
     raw,
     image_kind,
@@ -156,6 +221,8 @@ def build_pipeline(
     token_multiple=None,
     counter=None,
     name="dataset",
+    image_mean=None,
+    image_std=None,
 ):
     """Turns raw `(image, caption, status)` samples into model batches.
 
@@ -206,6 +273,10 @@ def build_pipeline(
         counter: optional `SkipCounter`; a new one is made otherwise. Either
             way it is reachable as `dataset.skip_counter`.
         name: str, names the source in log lines.
+        image_mean: optional per-channel mean of `[0, 1]` pixels that the
+            images are normalised with; `None` is OpenAI's (the default of
+            every preset). Sources given `model=` take the model's.
+        image_std: optional per-channel standard deviation, as `image_mean`.
 
     Returns:
         A `tf.data.Dataset` of dicts `{"images": float32 (B, H, W, 3),
@@ -304,8 +375,10 @@ def build_pipeline(
         # 4. Batch (the marker rides in the last batch), tokenize, look ahead.
         ds = ds.batch(batch_size)
 
+    renormalize = _renormalizer(image_mean, image_std)
+
     def to_inputs(images, captions, is_end, tally):
-        out = {"images": images}
+        out = {"images": renormalize(images)}
         if tokenizer is not None:
             out["token_ids"] = tf.cast(tokenizer(captions), tf.int32)
         if tokenizer is None or keep_captions:

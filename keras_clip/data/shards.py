@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from keras_clip.data.pipeline import build_pipeline
 from keras_clip.data.pipeline import check_batching
+from keras_clip.data.pipeline import with_model
 from keras_clip.data.tfrecord import file_samples
 from keras_clip.data.decode import MISSING_CAPTION
 from keras_clip.data.decode import MISSING_IMAGE
@@ -132,9 +133,10 @@ def _tar_samples(path, image_extensions, caption_extension):
 
 def from_webdataset(
     shards,
-    tokenizer,
-    batch_size,
+    tokenizer=None,
+    batch_size=None,
     *,
+    model=None,
     image_extensions=IMAGE_EXTENSIONS,
     caption_extension="txt",
     num_shards=1,
@@ -155,7 +157,9 @@ def from_webdataset(
     Args:
         shards: a path, a brace pattern (`"data/{00000..00099}.tar"`), a glob,
             or a list of those.
-        tokenizer: see `build_pipeline`.
+        tokenizer: see `build_pipeline`; defaults to `model.tokenizer`.
+        model: optional `CLIPModel` whose tokenizer, image size and
+            normalisation the pipeline uses (`keras_clip.data.pipeline.with_model`).
         batch_size: int >= 2.
         image_extensions: tuple of image extensions, by priority.
         caption_extension: str, extension of the caption member.
@@ -171,6 +175,7 @@ def from_webdataset(
         A batched `tf.data.Dataset` with a `skip_counter` attribute.
     """
     check_sharding(num_shards, shard_index)
+    tokenizer, options = with_model(model, tokenizer, options)
     check_batching(batch_size, options.get("image_size", 224))
     files = expand_files(shards, "tar")
     training = options.get("training", False)
@@ -244,9 +249,10 @@ def write_tfrecord(path, images, captions, image_key="image", caption_key="capti
 
 def from_tfrecord(
     files,
-    tokenizer,
-    batch_size,
+    tokenizer=None,
+    batch_size=None,
     *,
+    model=None,
     image_key="image",
     caption_key="caption",
     num_shards=1,
@@ -269,7 +275,9 @@ def from_tfrecord(
 
     Args:
         files: a path, brace pattern, glob, or a list of those.
-        tokenizer: see `build_pipeline`.
+        tokenizer: see `build_pipeline`; defaults to `model.tokenizer`.
+        model: optional `CLIPModel` whose tokenizer, image size and
+            normalisation the pipeline uses (`keras_clip.data.pipeline.with_model`).
         batch_size: int >= 2.
         image_key: feature name of the encoded image.
         caption_key: feature name of the caption.
@@ -284,6 +292,7 @@ def from_tfrecord(
         A batched `tf.data.Dataset` with a `skip_counter` attribute.
     """
     check_sharding(num_shards, shard_index)
+    tokenizer, options = with_model(model, tokenizer, options)
     check_batching(batch_size, options.get("image_size", 224))
     paths = expand_files(files, "TFRecord")
     missing = [p for p in paths if not tf.io.gfile.exists(p)]

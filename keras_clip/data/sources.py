@@ -14,6 +14,7 @@ import tensorflow as tf
 from keras_clip.data.skips import SkipCounter
 from keras_clip.data.skips import SkipCountLogger
 from keras_clip.data.pipeline import build_pipeline
+from keras_clip.data.pipeline import with_model
 from keras_clip.data.pipeline import check_batching
 from keras_clip.data.pipeline import check_enough_samples
 from keras_clip.data.shards import IMAGE_EXTENSIONS
@@ -159,9 +160,10 @@ def _shard_words(num_shards, shard_index):
 
 def from_csv(
     path,
-    tokenizer,
-    batch_size,
+    tokenizer=None,
+    batch_size=None,
     *,
+    model=None,
     image_column="filepath",
     caption_column="title",
     separator=None,
@@ -184,8 +186,10 @@ def from_csv(
 
     Args:
         path: path of the CSV/TSV file.
-        tokenizer: see `build_pipeline`.
+        tokenizer: see `build_pipeline`; defaults to `model.tokenizer`.
         batch_size: int >= 2.
+        model: optional `CLIPModel` whose tokenizer, image size and
+            normalisation the pipeline uses (`with_model`).
         image_column: str, column of image paths.
         caption_column: str, column of captions.
         separator: str; defaults to a tab for `.tsv` / `.txt`, else `","`.
@@ -198,6 +202,7 @@ def from_csv(
     Returns:
         A batched `tf.data.Dataset` with a `skip_counter` attribute.
     """
+    tokenizer, options = with_model(model, tokenizer, options)
     check_sharding(num_shards, shard_index)
     check_batching(batch_size, options.get("image_size", 224))
     path = os.fspath(path)
@@ -277,9 +282,10 @@ def pretokenized(tokenizer, captions, batch_size=1024):
 def from_arrays(
     images,
     captions,
-    tokenizer,
-    batch_size,
+    tokenizer=None,
+    batch_size=None,
     *,
+    model=None,
     num_shards=1,
     shard_index=0,
     shuffle_buffer=None,
@@ -296,9 +302,11 @@ def from_arrays(
             for several captions per image (COCO's five, or a name and its
             aliases), a list of `N` lists of captions, of which each pass
             over the data draws one per image.
-        tokenizer: see `build_pipeline`.
+        tokenizer: see `build_pipeline`; defaults to `model.tokenizer`.
         batch_size: int >= 2, and at most the pairs of this worker under
             `drop_remainder`.
+        model: optional `CLIPModel` whose tokenizer, image size and
+            normalisation the pipeline uses (`with_model`).
         num_shards: int, number of workers reading disjoint parts.
         shard_index: int, this worker's part.
         shuffle_buffer: int; defaults to `N` (a full shuffle).
@@ -313,6 +321,7 @@ def from_arrays(
     Returns:
         A batched `tf.data.Dataset` with a `skip_counter` attribute.
     """
+    tokenizer, options = with_model(model, tokenizer, options)
     check_sharding(num_shards, shard_index)
     check_batching(batch_size, options.get("image_size", 224))
     several = any(isinstance(c, (list, tuple)) for c in captions)
