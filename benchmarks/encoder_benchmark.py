@@ -4,7 +4,8 @@ open_clip, in one process, rounds alternating.
 `encode_image` / `encode_text` run as one compiled program: `jax.jit` on
 JAX, a `tf.function` on TF. Keras's `jit_compile="auto"` keeps XLA off on
 TF when there are only CPUs; keras_clip's encoders use XLA there anyway
-unless `jit_compile=False` is asked for (`CLIPModel._tf_encoder_xla`), so
+unless `jit_compile=False` is asked for
+(`keras_clip.backends.compiled_encoders_use_xla`), so
 under TF the script times both programs of the same model (the second
 copy set to `jit_compile = False`). open_clip's `CLIP`, built from the same
 config, runs under `torch.no_grad()` in the same process, rounds

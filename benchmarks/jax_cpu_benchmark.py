@@ -1,10 +1,11 @@
 """JAX on the CPU: A/B of the two switches keras_clip sets for XLA's CPU backend.
 
-- `pointwise`: `keras_clip.models.modified_resnet.JAX_POINTWISE_MATMUL` runs the
+- `pointwise`: `keras_clip.backends.settings.jax_pointwise_matmul` runs the
   ResNet bottlenecks' 1x1 convolutions as matrix products.
-- `boundaries`: `keras_clip.models.layers.JAX_CPU_GRADIENT_BOUNDARIES` passes the
-  residual stream's gradient through a tiny identity matmul between
-  transformer blocks, so XLA's fusion stops re-adding it in every block.
+- `boundaries`: `keras_clip.backends.settings.jax_cpu_gradient_boundaries`
+  passes the residual stream's gradient through a tiny identity matmul
+  between transformer blocks, so XLA's fusion stops re-adding it in every
+  block.
 
 Both are on by default. For each case this builds the same model twice in
 one process, one traced with the switch off and one with it on, then times
@@ -28,21 +29,20 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from keras_clip import make_optimizer
-from keras_clip.models import layers
-from keras_clip.models import modified_resnet  # noqa: E402
+from keras_clip import backends  # noqa: E402
+from keras_clip import make_optimizer  # noqa: E402
 from keras_clip.models.clip_model import CLIPModel  # noqa: E402
 
+# switch -> (`keras_clip.backends.settings` field, off / on names, default cases)
 SWITCHES = {
-    "pointwise": (modified_resnet, "JAX_POINTWISE_MATMUL", "XLA conv", "matmul",
+    "pointwise": ("jax_pointwise_matmul", "XLA conv", "matmul",
                   ["demo-resnet:32:128", "RN50:224:8"]),
-    "boundaries": (layers, "JAX_CPU_GRADIENT_BOUNDARIES", "no boundaries", "boundaries",
+    "boundaries": ("jax_cpu_gradient_boundaries", "no boundaries", "boundaries",
                    ["RN50:224:8", "ViT-B/32:224:8"]),
 }
 
 
-def build(preset, image_size, batch, module, attribute, on):
-    setattr(module, attribute, on)  # read when fit traces
+def build(preset, image_size, batch, field, on):
     model = CLIPModel.from_preset(preset, image_size=image_size)
     model.compile(optimizer=make_optimizer(model, total_steps=1000, warmup_steps=10))
     rng = np.random.default_rng(0)
@@ -51,7 +51,8 @@ def build(preset, image_size, batch, module, attribute, on):
         "token_ids": rng.integers(1, 400, (batch, model.config.context_length)).astype("int32"),
     }
     start = time.perf_counter()
-    model.train_on_batch(x)
+    with backends.fast_paths(**{field: on}):  # read when the first step traces
+        model.train_on_batch(x)
     return model, x, time.perf_counter() - start
 
 
@@ -63,14 +64,13 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=3, help="steps per round and side")
     args = parser.parse_args()
-    module, attribute, off_name, on_name, default_cases = SWITCHES[args.switch]
+    field, off_name, on_name, default_cases = SWITCHES[args.switch]
     rows = []
     for case in args.cases or default_cases:
         preset, size, batch = case.split(":")
         size, batch = int(size), int(batch)
-        sides = {name: build(preset, size, batch, module, attribute, on)
+        sides = {name: build(preset, size, batch, field, on)
                  for name, on in ((off_name, False), (on_name, True))}
-        setattr(module, attribute, True)
         times = {name: [] for name in sides}
         for _ in range(args.rounds):
             for name, (model, x, _) in sides.items():
@@ -82,7 +82,7 @@ def main():
         rows.append(f"| {preset} {size} px (batch {batch}) | {sides[off_name][2]:.1f} / "
                     f"{sides[on_name][2]:.1f} | {off:,.0f} | {on:,.0f} | {off / on:.2f}x |")
     print(f"\nMachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-          f"keras {keras.__version__}, JAX CPU; `{module.__name__}.{attribute}`; median of "
+          f"keras {keras.__version__}, JAX CPU; `keras_clip.backends.settings.{field}`; median of "
           f"{args.rounds} x {args.steps} steps per side, sides alternating.\n")
     print(f"| case | first step s ({off_name} / {on_name}) | train step ms, {off_name} | "
           f"train step ms, {on_name} | speed-up |")

@@ -4,12 +4,12 @@ open_clip, in one process, rounds alternating.
 On torch every op of keras_clip runs eagerly, as open_clip's do, so at a
 small model's size Python-side dispatch (Keras's op wrappers, `Layer.__call__`,
 variable reads) rather than arithmetic decides the speed.
-`keras_clip.models.layers.TORCH_FUSED_BLOCKS` (on by default) runs the built towers,
-blocks and projections as direct `torch.nn.functional` calls; switching it off
-gives the plain Keras-ops path of the same model. This script times both
-sides and open_clip's `CLIP` built from the same config, alternating rounds
-in one process (this machine is shared and noisy: compare columns of a row,
-not rows of different runs):
+`keras_clip.backends.settings.torch_fused_blocks` (on by default) runs the
+built towers, blocks and projections as direct `torch.nn.functional` calls
+(`keras_clip/backends/torch/`); switching it off gives the plain Keras-ops
+code of the same model. This script times both sides and open_clip's `CLIP`
+built from the same config, alternating rounds in one process (this machine
+is shared and noisy: compare columns of a row, not rows of different runs):
 
 - inference: `encode_image` / `encode_text` at batch 1 and 32 (`--batches`)
   under `torch.no_grad()`, embeddings back as NumPy;
@@ -17,11 +17,15 @@ not rows of different runs):
   `train_on_batch` against open_clip's model, `ClipLoss` and
   `torch.optim.AdamW`.
 
-`--sides` picks keras_clip's columns; "conv kernels uncached" runs the fused
-path with `layers.TORCH_CONV_KERNEL_CACHE` off (each convolution reads its
-kernel as a permuted view, as before the cache), "towers through __call__"
-runs inference through each tower's `Layer.__call__` (as before
-`model._tower` skipped it). `--no-train` skips the training step (ViT-B/32,
+`--sides` picks keras_clip's columns, each a set of
+`keras_clip.backends.settings` switches: "Keras ops" runs with
+`torch_fused_blocks` off (the plain model code; the towers' and the blocks'
+`Layer.__call__` still skipped, a block's own sublayers called through
+theirs), "conv kernels uncached" the fused path with
+`torch_conv_kernel_cache` off (each convolution reads its kernel as a
+permuted view, as before the cache), "towers through __call__" inference
+through each tower's `Layer.__call__` (`torch_skip_tower_call` off).
+`--no-train` skips the training step (ViT-B/32,
 RN50 inference). `--dtype mixed_bfloat16` runs keras_clip under that policy
 and open_clip under `torch.autocast(bfloat16)`: on the CPU, a stand-in for
 the GPU's small calls, which Python-side dispatch bounds.
@@ -52,20 +56,17 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.open_clip_benchmark import alternating_rounds, random_pairs  # noqa: E402
-from keras_clip.models import layers as clip_layers  # noqa: E402
+from keras_clip import backends  # noqa: E402
 from keras_clip import make_optimizer  # noqa: E402
-from keras_clip.models import clip_model  # noqa: E402
 from keras_clip.models.clip_model import CLIPModel  # noqa: E402
 
-# keras_clip's sides: the module attributes each runs with (set for its calls
-# only); `--sides` picks which run beside open_clip.
+# keras_clip's sides: the `keras_clip.backends.settings` switches each runs
+# with (set for its calls only); `--sides` picks which run beside open_clip.
 KERAS_SIDES = {
     "keras_clip fused": {},
-    "keras_clip Keras ops": {(clip_layers, "TORCH_FUSED_BLOCKS"): False},
-    "keras_clip fused, conv kernels uncached": {(clip_layers, "TORCH_CONV_KERNEL_CACHE"): False},
-    # Inference through each tower's `Layer.__call__` (`model._tower`'s skip off).
-    "keras_clip fused, towers through __call__": {
-        (clip_model, "_plain_torch_call"): lambda layer, inputs: False},
+    "keras_clip Keras ops": {"torch_fused_blocks": False},
+    "keras_clip fused, conv kernels uncached": {"torch_conv_kernel_cache": False},
+    "keras_clip fused, towers through __call__": {"torch_skip_tower_call": False},
 }
 
 
@@ -122,14 +123,8 @@ def keras_side(preset, images, ids, switches, dtype):
 
     def switched(fn):
         def run():
-            saved = {key: getattr(*key) for key in switches}
-            for (module, name), value in switches.items():
-                setattr(module, name, value)
-            try:
+            with backends.fast_paths(**switches):
                 return fn()
-            finally:
-                for (module, name), value in saved.items():
-                    setattr(module, name, value)
         return run
 
     def encoders(n):

@@ -22,6 +22,7 @@ from keras_clip import backends
 from keras_clip import distributed
 from keras_clip import losses
 from keras_clip import optimizers
+from keras_clip.callbacks import StopOnNonFinite
 from keras_clip.evaluation import linear_probe
 from keras_clip.evaluation import prompts
 from keras_clip.evaluation import retrieval
@@ -30,6 +31,7 @@ from keras_clip.evaluation.callbacks import RetrievalEvaluation
 from keras_clip.evaluation.callbacks import TimeBudgetCosineDecay
 from keras_clip.evaluation.callbacks import ZeroShotEvaluation
 from keras_clip.evaluation.zero_shot import ZeroShotClassifier
+from keras_clip.losses import ContrastiveLoss
 from keras_clip.losses import clip_logits
 from keras_clip.losses import contrastive_loss
 from keras_clip.models.clip_model import CLIPModel
@@ -46,7 +48,9 @@ __all__ = [
     "CLIPConfig",
     "CLIPModel",
     "CLIPTokenizer",
+    "ContrastiveLoss",
     "RetrievalEvaluation",
+    "StopOnNonFinite",
     "TimeBudgetCosineDecay",
     "WarmupCosineDecay",
     "ZeroShotClassifier",

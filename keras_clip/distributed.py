@@ -16,6 +16,9 @@ similarity matrix is sharded: `O(local_B x global_B)` per replica.
   process; embeddings are all-gathered with a gradient, and
   `CLIPModel.train_step` averages the gradients over processes before the
   optimizer step, so every rank applies the same update.
+
+`keras_clip.losses.ContrastiveLoss` walks a batch through these once:
+`global_batch` before its maths, `replica_loss` after.
 """
 
 import keras
@@ -135,15 +138,53 @@ class _LazyAutogradFunction:
 _TorchAllGather = _LazyAutogradFunction(_torch_function)
 
 
-def scale_loss(loss, context):
-    """The loss to differentiate on this replica.
+def global_batch(image, text, context):
+    """Every replica's rows of `image` and `text`, and where this replica's sit.
 
-    `tf.distribute` sums replica gradients, so the TF loss is divided by the
-    replica count; torch gradients are averaged in `train_step` instead.
+    Args:
+        image: `(b, E)` this replica's image embeddings.
+        text: `(b, E)` this replica's text embeddings.
+        context: the step's `ReplicaContext`.
+
+    Returns:
+        `(all_image, all_text, labels)`: the `(B, E)` gathered embeddings
+        (with a gradient back to each row's replica; `image` and `text`
+        themselves on one replica, and under JAX's global arrays) and the
+        `(b,)` int32 positions of this replica's rows among them.
     """
-    if context.active and context.backend == "tensorflow":
-        return loss / context.num_replicas
-    return loss
+    local = ops.shape(image)[0]
+    labels = context.index * local + ops.arange(local, dtype="int32")
+    return all_gather(image, context), all_gather(text, context), labels
+
+
+def replica_loss(loss, metrics, context):
+    """The loss to differentiate on this replica, and metrics of the global batch.
+
+    - TensorFlow: `loss / num_replicas`, because `tf.distribute` sums the
+      replicas' gradients (Keras logs the value multiplied back, and its
+      metrics add up the replicas' states themselves).
+    - torch: the value is the mean of the processes' losses while the
+      gradient stays this process's own (`CLIPModel.train_step` averages
+      the gradients), so every rank logs the global batch's loss; the
+      metrics are averaged over processes, in the same all-reduce.
+
+    Args:
+        loss: float32 scalar, the loss of this replica's rows.
+        metrics: dict of float32 scalars of this replica's rows.
+        context: the step's `ReplicaContext`.
+
+    Returns:
+        `(loss, metrics)`.
+    """
+    if not context.active:
+        return loss, metrics
+    if context.backend == "tensorflow":
+        return loss / context.num_replicas, metrics
+    names = list(metrics)
+    values = ops.stop_gradient(ops.stack([loss, *(metrics[k] for k in names)]))
+    means = all_reduce_mean([values], context)[0]
+    loss = loss + ops.stop_gradient(means[0] - loss)
+    return loss, {k: means[i + 1] for i, k in enumerate(names)}
 
 
 def all_reduce_mean(values, context):
@@ -157,6 +198,27 @@ def all_reduce_mean(values, context):
             dist.all_reduce(value, op=dist.ReduceOp.SUM)
             value.div_(context.num_replicas)
     return values
+
+
+def average_gradients(variables, context):
+    """The gradients of `variables` after `backward()`, averaged over processes.
+
+    torch only: one all-reduce of all of them, flattened; a variable that
+    got no gradient on this process counts as zeros.
+    """
+    import torch
+
+    grads = [
+        v.value.grad if v.value.grad is not None else torch.zeros_like(v.value)
+        for v in variables
+    ]
+    if not grads:
+        return grads
+    flat = all_reduce_mean([torch.cat([g.reshape(-1) for g in grads])], context)[0]
+    sizes = [g.numel() for g in grads]
+    return [
+        part.view_as(g) for part, g in zip(torch.split(flat, sizes), grads)
+    ]
 
 
 def sharded_logits(image, text, all_image, all_text, scale):

@@ -1,4 +1,6 @@
-"""CLIP's contrastive objective as pure `keras.ops` functions.
+"""CLIP's contrastive objective: pure `keras.ops` functions, and the
+`ContrastiveLoss` object that `CLIPModel.compile` takes, which holds the
+training options of the loss and runs it over the global batch.
 
 Everything here runs in float32 whatever the model's compute dtype, so the
 softmax over a large batch and the temperature keep full precision under
@@ -10,6 +12,7 @@ import functools
 import keras
 from keras import ops
 
+from keras_clip import distributed
 from keras_clip.distributed import _LazyAutogradFunction
 
 _TORCH = keras.backend.backend() == "torch"
@@ -177,6 +180,149 @@ def chunked_contrastive_loss(image, text, scale, chunk_size, labels=None,
     t2i_nll, t2i_hits = _blocked_cross_entropy(
         text, all_image, scale, labels, chunk_size, label_smoothing)
     return 0.5 * (i2t_nll + t2i_nll) / n, i2t_hits / n, t2i_hits / n
+
+
+def _check_optional_positive_int(name, value):
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, int) or value < 1
+    ):
+        raise ValueError(
+            f"Expected `{name}` to be a positive int or None. Received: {value!r}"
+        )
+    return value
+
+
+@keras.saving.register_keras_serializable(package="keras_clip")
+class ContrastiveLoss:
+    """CLIP's symmetric contrastive loss over the global batch (Radford et al. 2021).
+
+    The loss that `CLIPModel.fit` trains with: every image of the global
+    batch against every caption of it, softmax cross-entropy in both
+    directions (`contrastive_loss`). The object holds the training options
+    of the loss path and runs the whole of it, from one replica's
+    embeddings to the value to differentiate:
+
+    1. the embeddings are L2-normalised in float32 and gathered from every
+       replica with a gradient (`keras_clip.distributed.global_batch`:
+       `tf.distribute` all-gather, `torch.distributed` differentiable
+       gather; JAX's global arrays already hold the whole batch);
+    2. this replica's rows meet every column, whole or in blocks of
+       `chunk_size` rows (`chunked_contrastive_loss`);
+    3. the value is made ready for the replicas' gradient reduction and the
+       accuracies are averaged over them (`keras_clip.distributed.replica_loss`).
+
+    Pass it to `CLIPModel.compile(loss=...)`, which saves it in the model's
+    compile config. An option of the loss path is an argument here, saved by
+    `get_config`; a loss with other maths (e.g. SigLIP's sigmoid loss, whose
+    learnable bias the model would pass as `bias`) replaces `local_loss`.
+
+    Args:
+        label_smoothing: float in [0, 1); both cross-entropies aim at
+            `1 - label_smoothing` on the positive plus `label_smoothing`
+            spread over all of the global batch's columns (as
+            `keras.losses.CategoricalCrossentropy(label_smoothing=...)`).
+            0, the paper's loss, by default.
+        chunk_size: int or `None`; computes the loss in blocks of this many
+            rows, each recomputed in the backward pass, so at most
+            `(chunk_size, global batch)` logits are alive at a time. Same
+            value and gradients; for very large batches (docs/scaling.md).
+        micro_batches: int or `None`; negative-preserving gradient
+            accumulation, the towers' side of the loss path: `CLIPModel`
+            runs each training batch through the towers in this many
+            slices whose activations are recomputed in the backward pass,
+            and the loss sees all of the batch's negatives. Same loss and
+            gradients as the whole batch at once, with the activation
+            memory of one slice. (Keras's optimizer-level
+            `gradient_accumulation_steps` instead averages the gradients of
+            separate small batches: fewer negatives, a different loss.)
+
+    Call arguments:
+        image_embeddings: `(b, E)` this replica's image embeddings (any
+            length; normalised here).
+        text_embeddings: `(b, E)` this replica's text embeddings.
+        scale: float32 scalar, the logit scale `exp(logit_scale)` as the
+            model clamps it.
+        bias: a learnable logit bias, for losses that have one; must be
+            `None` here (no shift common to a row changes its softmax).
+
+    Returns:
+        `(loss, metrics)`: `loss`, the float32 scalar to differentiate on
+        this replica (the global batch's loss; divided by the replica count
+        under `tf.distribute`, as Keras expects), and `metrics`, the dict
+        `{"i2t_accuracy": ..., "t2i_accuracy": ...}` of float32 scalars.
+
+    Example:
+
+    ```python
+    model = keras_clip.CLIPModel.from_preset("tiny-vit")
+    model.compile(
+        optimizer=keras_clip.make_optimizer(model, total_steps=1000),
+        loss=keras_clip.ContrastiveLoss(label_smoothing=0.1, chunk_size=256),
+    )
+    ```
+    """
+
+    def __init__(self, label_smoothing=0.0, chunk_size=None, micro_batches=None):
+        self.label_smoothing = _check_label_smoothing(label_smoothing)
+        self.chunk_size = _check_optional_positive_int("chunk_size", chunk_size)
+        self.micro_batches = _check_optional_positive_int("micro_batches", micro_batches)
+
+    def __call__(self, image_embeddings, text_embeddings, scale, bias=None):
+        if bias is not None:
+            raise ValueError(
+                "ContrastiveLoss takes no logit bias: a shift common to a "
+                "row of logits leaves its softmax unchanged. "
+                f"Received: bias={bias!r}"
+            )
+        context = distributed.replica_context()
+        image = l2_normalize(image_embeddings)
+        text = l2_normalize(text_embeddings)
+        all_image, all_text, labels = distributed.global_batch(image, text, context)
+        loss, i2t, t2i = self.local_loss(
+            image, text, all_image, all_text, labels, ops.cast(scale, "float32")
+        )
+        metrics = {"i2t_accuracy": i2t, "t2i_accuracy": t2i}
+        return distributed.replica_loss(loss, metrics, context)
+
+    def local_loss(self, image, text, all_image, all_text, labels, scale):
+        """The loss and accuracies of this replica's rows against all columns.
+
+        Args:
+            image, text: `(b, E)` this replica's unit embeddings.
+            all_image, all_text: `(B, E)` the global batch's.
+            labels: `(b,)` int32 positions of this replica's rows in it.
+            scale: float32 scalar logit scale.
+
+        Returns:
+            `(loss, image_to_text_accuracy, text_to_image_accuracy)`.
+        """
+        if self.chunk_size:
+            return chunked_contrastive_loss(
+                image, text, scale, self.chunk_size, labels, all_image, all_text,
+                label_smoothing=self.label_smoothing,
+            )
+        logits_per_image, logits_per_text = distributed.sharded_logits(
+            image, text, all_image, all_text, scale
+        )  # (b, B) each
+        return contrastive_loss(
+            logits_per_image, logits_per_text, labels,
+            label_smoothing=self.label_smoothing,
+        )
+
+    def get_config(self):
+        return {
+            "label_smoothing": self.label_smoothing,
+            "chunk_size": self.chunk_size,
+            "micro_batches": self.micro_batches,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __repr__(self):
+        options = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({options})"
 
 
 # The blockwise cross-entropy: sums over rows of -log softmax(scale * R C^T)

@@ -10,6 +10,10 @@ commands:
 
 `--backend` (before the command) or $KERAS_BACKEND picks the backend.
 `keras-clip COMMAND --help` documents every option of a command.
+
+A mistake in the input (a flag, a file, a damaged model) is one line on
+stderr that says what was expected, what arrived and the fix, and a non-zero
+exit status; `--debug` shows the traceback instead.
 """
 
 # Outside the `keras_clip` package: parsing (and `--help`) must not import
@@ -43,7 +47,7 @@ def _configure_environment(backend, argv):
 def demo(args):
     from keras_clip_app import demo as demo_app
 
-    demo_app.run(
+    metrics = demo_app.run(
         output_dir=args.output_dir,
         minutes=args.minutes,
         epochs=args.epochs,
@@ -57,7 +61,22 @@ def demo(args):
         seed=args.seed,
         jit_compile=args.jit_compile,
     )
-    return 0
+    return _exit_status("demo", metrics)
+
+
+def _exit_status(command, metrics):
+    """0 for a finished run; 130 (as after Ctrl-C) for an interrupted one;
+    1, with the reason on stderr, for a failed one."""
+    status = metrics.get("status", "complete")
+    if status == "complete":
+        return 0
+    if status == "interrupted":
+        return 130
+    failure = metrics.get("non_finite") or {}
+    print(f"keras-clip {command}: error: training failed: the {failure.get('metric', 'loss')} "
+          f"was {failure.get('value')} at step {failure.get('step')}; see above for what was "
+          "kept and what to change.", file=sys.stderr)
+    return 1
 
 
 def _jit_compile(text):
@@ -69,19 +88,38 @@ def _jit_compile(text):
 
 JIT_COMPILE_HELP = (
     "Compile the training step with XLA (TF, JAX) or torch.compile: auto is Keras's choice (XLA on "
-    "JAX; on TF only with a GPU/TPU; never on torch); true on TF with only CPUs made steps 1.1-1.7x "
-    "faster here after 4-30 s more compilation (README, Performance); on torch it was slower "
-    "(default: auto)."
+    "JAX; on TF only with a GPU/TPU; never on torch); true on TF with only CPUs made steps faster "
+    "in the README's measurements, after more compilation (README, Performance); on torch it was "
+    "slower (default: auto)."
 )
 
 
-def _non_negative_int(text):
+def _int_at_least(minimum, why=""):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}{why}, got {text!r}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+_non_negative_int = _int_at_least(0)
+_positive_int = _int_at_least(1)
+_batch_size = _int_at_least(2, " (a batch of one pair has no negatives to learn from)")
+
+
+def _positive_float(text):
     try:
-        value = int(text)
+        value = float(text)
     except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
     return value
 
 
@@ -120,10 +158,11 @@ def train(args):
         val_every=args.val_every,
         seed=args.seed,
         resume=not args.restart,
-        verbose=1 if sys.stdout.isatty() else 2,
+        verbose="auto",  # Keras's bar on a terminal, plain lines in a log
         jit_compile=args.jit_compile,
+        tensorboard=args.tensorboard,
     )
-    return 0 if metrics["status"] == "complete" else 130
+    return _exit_status("train", metrics)
 
 
 def eval_zeroshot(args):
@@ -165,6 +204,14 @@ def _csv_options(p):
     p.add_argument("--csv-separator", default=None, help="CSV separator (default: tab for .tsv/.txt, else comma).")
 
 
+DEBUG_HELP = "On an error, show the Python traceback instead of the one-line message."
+
+
+def _debug_option(p):
+    # Also after the command; SUPPRESS keeps a value given before it.
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
+
+
 def build_parser():
     formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(prog="keras-clip", description=__doc__, formatter_class=formatter)
@@ -173,30 +220,34 @@ def build_parser():
         choices=["tensorflow", "jax", "torch"],
         help="Keras backend (default: $KERAS_BACKEND, else Keras's configured default).",
     )
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser(
         "train",
         help="Train a CLIP on image-caption data; resumes from --output-dir.",
         description="Train a CLIP with the symmetric contrastive loss. Writes checkpoint.keras "
-        "(every epoch and on Ctrl-C / SIGTERM), history.csv, training_curves.png, metrics.json and, "
-        "when done, clip.keras into --output-dir. Running the same command again resumes at the "
-        "saved optimizer step; --restart starts over.",
+        "(every epoch and on Ctrl-C / SIGTERM; the one before is kept as checkpoint.prev.keras), "
+        "history.csv, training_curves.png, metrics.json and, when done, clip.keras into "
+        "--output-dir. Running the same command again resumes at the saved optimizer step (from "
+        "checkpoint.prev.keras if checkpoint.keras is damaged); a resume that changes --epochs, "
+        "--batch-size or a model / optimizer setting is refused; --restart starts over. A NaN or "
+        "infinite loss stops the run with a non-zero exit status, keeping the last good checkpoint.",
     )
     p.add_argument("--train-data", required=True, nargs="+", help="A CSV/TSV (image path + caption), WebDataset .tar shards (list or {000..009} brace pattern), TFRecord files, or 'twemoji' (the embedded emoji set's training split).")
     p.add_argument("--dataset-type", default="auto", choices=["auto", "csv", "webdataset", "tfrecord", "twemoji"], help="Source kind (default: guessed from the file names).")
     _csv_options(p)
-    p.add_argument("--train-num-samples", type=int, default=None, help="Samples per epoch; required for WebDataset / TFRecord sources, whose size is unknown up front.")
+    p.add_argument("--train-num-samples", type=_positive_int, default=None, help="Samples per epoch; required for WebDataset / TFRecord sources, whose size is unknown up front.")
     p.add_argument("--output-dir", required=True, help="Folder for checkpoints, logs, figures and the final model.")
     p.add_argument("--preset", default="tiny-vit", help="Model preset, e.g. tiny-vit, demo-resnet, RN50, ViT-B/32 (default: tiny-vit).")
     p.add_argument("--config", default=None, help="JSON file of CLIPConfig fields; overrides --preset.")
-    p.add_argument("--image-size", type=int, default=None, help="Image resolution (default: the preset's).")
+    p.add_argument("--image-size", type=_positive_int, default=None, help="Image resolution (default: the preset's).")
     p.add_argument("--tokenizer", default="auto", choices=["auto", "openai", "train"], help="openai: OpenAI's 49,408-token BPE (from an installed open_clip / clip package); train: learn a BPE vocabulary from the training captions; auto: openai for presets with 49,408 tokens, else train.")
-    p.add_argument("--vocabulary-size", type=int, default=8192, help="Vocabulary size with --tokenizer train (default: 8192).")
-    p.add_argument("--epochs", type=int, default=10, help="Total epochs, across resumptions (default: 10).")
-    p.add_argument("--batch-size", type=int, default=128, help="Pairs per step; every pair's negatives are the other pairs of the batch (default: 128).")
+    p.add_argument("--vocabulary-size", type=_positive_int, default=8192, help="Vocabulary size with --tokenizer train (default: 8192).")
+    p.add_argument("--epochs", type=_positive_int, default=10, help="Total epochs, across resumptions; fixed for a run, as its learning-rate schedule is (default: 10).")
+    p.add_argument("--batch-size", type=_batch_size, default=128, help="Pairs per step; every pair's negatives are the other pairs of the batch (default: 128).")
     p.add_argument("--lr", type=float, default=5e-4, help="Peak learning rate of AdamW (default: 5e-4).")
-    p.add_argument("--warmup", type=int, default=100, help="Linear warm-up steps before the cosine decay (default: 100).")
+    p.add_argument("--warmup", type=_non_negative_int, default=100, help="Linear warm-up steps before the cosine decay (default: 100).")
     p.add_argument("--wd", type=float, default=0.2, help="Decoupled weight decay; not on gains, biases, embeddings or the temperature (default: 0.2).")
     p.add_argument("--label-smoothing", type=float, default=0.0, help="Label smoothing of both contrastive cross-entropies, in [0, 1): each target keeps 1 - eps on its pair and spreads eps over the batch (default: 0, the paper's loss).")
     p.add_argument("--precision", default="float32", choices=["float32", "mixed_bfloat16", "mixed_float16"], help="Keras dtype policy; the loss and temperature stay float32 (default: float32).")
@@ -205,10 +256,12 @@ def build_parser():
     p.add_argument("--downscale", type=float, default=0.0, help="Probability of a random drop in resolution (each side to 0.25-1 of its pixels, then back), which blurs away fine detail (default: 0).")
     p.add_argument("--token-multiple", type=_non_negative_int, default=0, help="Cut each batch's token ids after its longest caption, rounded up to a multiple of N: the cut columns are padding, so the text features are the same at less cost when captions are much shorter than the context length. Each batch length is one more compilation on JAX or with --jit-compile true, so 8 or 16 keeps their number small (default: 0, off).")
     p.add_argument("--val-data", default=None, help="A CSV of validation pairs: image-text retrieval every --val-every epochs.")
-    p.add_argument("--val-every", type=int, default=1, help="Evaluate every N epochs (default: 1).")
+    p.add_argument("--val-every", type=_positive_int, default=1, help="Evaluate every N epochs (default: 1).")
     p.add_argument("--seed", type=int, default=0, help="Seed of initialisation, shuffling and augmentation (default: 0).")
-    p.add_argument("--restart", action="store_true", help="Ignore an existing checkpoint and start over.")
+    p.add_argument("--restart", action="store_true", help="Start over: remove the earlier run's checkpoints, history, TensorBoard logs and clip.keras from --output-dir first.")
+    p.add_argument("--tensorboard", action="store_true", help="Also write TensorBoard logs into OUTPUT_DIR/tensorboard: loss, accuracies, logit scale, learning rate, skipped samples and evaluation metrics per epoch (view with: tensorboard --logdir OUTPUT_DIR/tensorboard).")
     p.add_argument("--jit-compile", type=_jit_compile, default="auto", help=JIT_COMPILE_HELP + " A resumed run takes this value too.")
+    _debug_option(p)
     p.set_defaults(func=train)
 
     p = sub.add_parser("eval", help="Zero-shot, retrieval or linear-probe evaluation of a .keras model.",
@@ -222,8 +275,9 @@ def build_parser():
     t.add_argument("--data", required=True, help="Folder of class subfolders (folder names are class names, '_' read as space).")
     t.add_argument("--classnames", default=None, help="Class names instead of the folder names, in sorted-folder order: a .json / .txt file or a clip-benchmark dataset name (e.g. cifar10).")
     t.add_argument("--templates", default=None, help="simple ('a photo of a {}.', default), imagenet (OpenAI's 80), bare ('{}'), one template with {}, a .json / .txt file, or a clip-benchmark dataset name.")
-    t.add_argument("--batch-size", type=int, default=64, help="Images per encoder call (default: 64).")
+    t.add_argument("--batch-size", type=_positive_int, default=64, help="Images per encoder call (default: 64).")
     t.add_argument("--output-dir", default="outputs/eval", help="Where metrics.json and predictions.png go (default: outputs/eval).")
+    _debug_option(t)
     t.set_defaults(func=eval_zeroshot)
     t = tasks.add_parser("retrieval", help="Image-text retrieval recall@1/5/10 on a CSV of pairs.",
                          description="Image->text and text->image recall@1/5/10 and mean / median rank. Rows sharing "
@@ -231,8 +285,9 @@ def build_parser():
     t.add_argument("--model", required=True, help="A saved .keras CLIP model.")
     t.add_argument("--data", required=True, help="CSV/TSV of image paths and captions.")
     _csv_options(t)
-    t.add_argument("--batch-size", type=int, default=64, help="Images per encoder call (default: 64).")
+    t.add_argument("--batch-size", type=_positive_int, default=64, help="Images per encoder call (default: 64).")
     t.add_argument("--output-dir", default="outputs/eval", help="Where metrics.json and similarity.png go (default: outputs/eval).")
+    _debug_option(t)
     t.set_defaults(func=eval_retrieval)
     t = tasks.add_parser("linear-probe", help="Logistic regression on frozen image features.",
                          description="The paper's linear-probe protocol: L2-regularised logistic regression on frozen "
@@ -242,9 +297,10 @@ def build_parser():
     t.add_argument("--train", required=True, help="Training images, DATA/<class>/<images>.")
     t.add_argument("--test", required=True, help="Test images, same classes.")
     t.add_argument("--val", default=None, help="Validation images (default: 20%% of --train, split with a fixed seed).")
-    t.add_argument("--max-iter", type=int, default=1000, help="Optimiser iterations per fit (default: 1000).")
-    t.add_argument("--batch-size", type=int, default=64, help="Images per encoder call (default: 64).")
+    t.add_argument("--max-iter", type=_positive_int, default=1000, help="Optimiser iterations per fit (default: 1000).")
+    t.add_argument("--batch-size", type=_positive_int, default=64, help="Images per encoder call (default: 64).")
     t.add_argument("--output-dir", default="outputs/eval", help="Where metrics.json goes (default: outputs/eval).")
+    _debug_option(t)
     t.set_defaults(func=eval_linear_probe)
 
     p = sub.add_parser("embed", help="Images or texts -> .npy unit embeddings.",
@@ -256,8 +312,9 @@ def build_parser():
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--images", nargs="+", help="Image files and / or folders.")
     what.add_argument("--texts", help="A text file (one per line), a .json list, or a literal string.")
-    p.add_argument("--output", required=True, help="Output .npy path; the listing goes beside it as .txt.")
-    p.add_argument("--batch-size", type=int, default=64, help="Inputs per encoder call (default: 64).")
+    p.add_argument("--output", required=True, help="Output .npy path; the inputs, in row order, go beside it as OUTPUT.rows.txt (out.npy -> out.rows.txt). An output that would replace an input is refused.")
+    p.add_argument("--batch-size", type=_positive_int, default=64, help="Inputs per encoder call (default: 64).")
+    _debug_option(p)
     p.set_defaults(func=embed)
 
     p = sub.add_parser(
@@ -266,17 +323,18 @@ def build_parser():
         "concepts and the unseen Noto style.",
     )
     p.add_argument("--preset", default="demo-resnet", help="Model preset (default: demo-resnet).")
-    p.add_argument("--minutes", type=float, default=9.5, help="Training time in minutes: warm-up, then the learning rate's cosine decay over this wall-clock time, so a faster machine trains more epochs (default: 9.5).")
-    p.add_argument("--epochs", type=int, default=None, help="Instead, a fixed warm-up + cosine schedule of this many epochs, reproducible from run to run, still stopped after --minutes (default: none, the schedule follows the clock).")
-    p.add_argument("--batch-size", type=int, default=128, help="Pairs per batch (default: 128).")
-    p.add_argument("--image-size", type=int, default=32, help="Image resolution, a multiple of 32 (default: 32).")
-    p.add_argument("--vocabulary-size", type=int, default=2000, help="BPE vocabulary learnt from the training captions (default: 2000).")
+    p.add_argument("--minutes", type=_positive_float, default=9.5, help="Training time in minutes: warm-up, then the learning rate's cosine decay over this wall-clock time, so a faster machine trains more epochs (default: 9.5).")
+    p.add_argument("--epochs", type=_positive_int, default=None, help="Instead, a fixed warm-up + cosine schedule of this many epochs, reproducible from run to run, still stopped after --minutes (default: none, the schedule follows the clock).")
+    p.add_argument("--batch-size", type=_batch_size, default=128, help="Pairs per batch (default: 128).")
+    p.add_argument("--image-size", type=_positive_int, default=32, help="Image resolution, a multiple of 32 (default: 32).")
+    p.add_argument("--vocabulary-size", type=_positive_int, default=2000, help="BPE vocabulary learnt from the training captions (default: 2000).")
     p.add_argument("--learning-rate", type=float, default=2e-3, help="Peak learning rate (default: 2e-3).")
     p.add_argument("--label-smoothing", type=float, default=0.2, help="Label smoothing of both contrastive cross-entropies, in [0, 1) (default: 0.2, which lifted the unseen-style score in the README's tries).")
     p.add_argument("--alias-probability", type=float, default=0.0, help="How often a training emoji with aliases (short codes such as 'joy' for 'face with tears of joy') is paired with one instead of its name (default: 0, the names only; 0.25 moved neither test beyond one run's spread in the README's tries).")
     p.add_argument("--seed", type=int, default=0, help="Random seed, also of the concept hold-out (default: 0).")
     p.add_argument("--output-dir", default="outputs/demo", help="Where clip.keras, metrics.json and the figures go (default: outputs/demo).")
     p.add_argument("--jit-compile", type=_jit_compile, default="auto", help=JIT_COMPILE_HELP)
+    _debug_option(p)
     p.set_defaults(func=demo)
     p = sub.add_parser(
         "convert",
@@ -294,32 +352,70 @@ def build_parser():
                    help="MLP activation when the checkpoint cannot tell (OpenAI and '-quickgelu' "
                    "models: quick_gelu; other open_clip models: gelu).")
     p.add_argument("--no-tokenizer", action="store_true", help="Do not attach OpenAI's tokenizer.")
+    p.add_argument("--vision-heads", type=int, default=None, help="Attention heads of the image tower, "
+                   "where a bare state dict cannot tell (default: OpenAI's width / 64 rule, with a warning).")
+    p.add_argument("--text-heads", type=int, default=None, help="Attention heads of the text tower, "
+                   "where a bare state dict cannot tell (default: as --vision-heads).")
+    _debug_option(p)
     p.set_defaults(func=convert)
     return parser
 
 
 def convert(args):
     from keras_clip_app import commands as app
+    from keras_clip_app.errors import RunError
 
     if not args.output.endswith(".keras"):
-        raise SystemExit(f"keras-clip convert: OUTPUT must end in .keras. Received: {args.output}")
+        raise RunError(f"Expected OUTPUT to end in .keras. Received: {args.output}. Name it e.g. model.keras.")
     if args.activation and args.source == "huggingface":
-        raise SystemExit("keras-clip convert: --activation applies to OpenAI / open_clip checkpoints")
+        raise RunError("Expected --activation only for OpenAI / open_clip checkpoints. Received: it "
+                       "with --source huggingface, whose config.json names the activation. Drop --activation.")
+    if (args.vision_heads or args.text_heads) and args.source == "huggingface":
+        raise RunError("Expected --vision-heads / --text-heads only for OpenAI / open_clip checkpoints. "
+                       "Received: them with --source huggingface, whose config.json names the heads. Drop them.")
     app.run_convert(args.input, args.output, source=args.source, activation=args.activation,
-                    tokenizer=not args.no_tokenizer)
+                    tokenizer=not args.no_tokenizer, vision_heads=args.vision_heads,
+                    text_heads=args.text_heads)
     return 0
 
 
+# Errors that describe the user's input, printed as one line: the
+# application's `RunError` (a ValueError) and the library's ValueErrors and
+# missing or unreadable files.
+USER_ERRORS = (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
+               PermissionError)
+
+
+def _command_name(args):
+    return " ".join(filter(None, (args.command, getattr(args, "task", None))))
+
+
 def main(argv=None):
+    """Runs `keras-clip ARGV`; returns the exit status.
+
+    An error of the input (`USER_ERRORS`) prints one line on stderr and
+    returns 1; with `--debug` it propagates, traceback and all.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_environment(args.backend, argv)
-    # The library's XLA CPU tuning, before JAX creates its CPU client.
-    from keras_clip import backends
+    try:
+        # The library's XLA CPU tuning, before JAX creates its CPU client.
+        from keras_clip import backends
 
-    backends.tune_xla_cpu()
-    return args.func(args)
+        backends.tune_xla_cpu()
+        return args.func(args)
+    except USER_ERRORS as error:
+        if args.debug:
+            raise
+        from keras_clip_app.errors import RunError
+
+        message = " ".join(str(error).split("\n")).strip() or type(error).__name__
+        if not isinstance(error, RunError):
+            message += " (--debug shows the traceback)"
+        print(f"keras-clip {_command_name(args)}: error: {message}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

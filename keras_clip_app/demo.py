@@ -10,22 +10,23 @@ captions, without any training image of either. Application code: the CLI
 (`keras-clip demo`) turns flags into these arguments.
 """
 
-import json
 import os
 import time
 
 import keras
 import numpy as np
 
-from keras_clip_app import commands as app
 from keras_clip import data
-from keras_clip_app import plots
+from keras_clip.callbacks import StopOnNonFinite
+from keras_clip.data.datasets import emoji
 from keras_clip.evaluation import zero_shot
 from keras_clip.evaluation.callbacks import TimeBudgetCosineDecay, ZeroShotEvaluation
-from keras_clip.data.datasets import emoji
+from keras_clip.losses import ContrastiveLoss
 from keras_clip.models.clip_model import CLIPModel
 from keras_clip.optimizers import make_optimizer
-from keras_clip.text.tokenizer import CLIPTokenizer
+from keras_clip_app import commands as app
+from keras_clip_app import plots
+from keras_clip_app import training
 
 # The template the captions were trained with: the bare emoji name.
 BARE = ["{}"]
@@ -78,14 +79,14 @@ class ClockProgress(keras.callbacks.Callback):
 
 
 def build_model(tokenizer, image_size, preset, **overrides):
-    """A small CLIP whose text tower fits `tokenizer`."""
+    """A small CLIP whose text tower fits `tokenizer` (it takes the
+    tokenizer's vocabulary, end-of-text id and context length), carrying
+    the bare-caption template it is trained and evaluated with."""
     return CLIPModel.from_preset(
         preset,
         tokenizer=tokenizer,
         image_size=image_size,
-        vocabulary_size=tokenizer.vocabulary_size,
-        eot_token_id=tokenizer.eot_token_id,
-        context_length=tokenizer.context_length,
+        prompt_templates=["{}"],
         **overrides,
     )
 
@@ -175,6 +176,11 @@ def run(
 ):
     """Trains, evaluates, saves; returns the metrics dict.
 
+    Its `status` is "complete", or "failed" when a loss was NaN or
+    infinite: then training stops at that step, nothing is evaluated,
+    `clip.keras` is not written and `metrics.json` records the step and the
+    value under `non_finite`.
+
     `epochs=None` trains for `minutes` with the learning rate's cosine
     decay spread over that time (`TimeBudgetCosineDecay`); an int fixes the
     schedule to that many epochs (reproducible from run to run, as the
@@ -207,11 +213,7 @@ def run(
     heldout = emoji.load_twemoji(image_size=image_size, split="heldout", seed=seed)
     captions, texts, draw = training_captions(train, alias_probability)
     longest = max(len(c.split()) for c in texts)
-    tokenizer = CLIPTokenizer.train(
-        texts,
-        vocabulary_size=vocabulary_size,
-        context_length=max(16, 2 * longest + 4),
-    )
+    tokenizer = app.train_tokenizer(texts, vocabulary_size, max(16, 2 * longest + 4))
     model = build_model(tokenizer, image_size, preset, **(model_overrides or {}))
     steps = len(train) // batch_size
     warmup_steps = min(warmup_steps, steps)
@@ -231,7 +233,7 @@ def run(
             warmup_steps=warmup_steps,
             weight_decay=weight_decay,
         ),
-        label_smoothing=label_smoothing,
+        loss=ContrastiveLoss(label_smoothing=label_smoothing),
         jit_compile=jit_compile,
     )
     ds = data.from_arrays(
@@ -261,6 +263,7 @@ def run(
         + (f"for {minutes:g} min" if epochs is None else f"{epochs} epochs, at most {minutes:g} min")
     )
     start = time.time()
+    guard = StopOnNonFinite()
     history = model.fit(
         # Repeated with a known epoch length: the pipeline's filter for bad
         # samples hides its length, and Keras would warn after epoch 1.
@@ -272,22 +275,27 @@ def run(
         # `ClockProgress` (last: it prints the evaluation's numbers too).
         verbose=2 if epochs else 0,
         callbacks=[
+            guard,  # first: a non-finite loss stops the run before anything else runs
             schedule,
-            ZeroShotEvaluation(
+            training.UnlessFailed(ZeroShotEvaluation(
                 heldout.images,
                 np.arange(len(heldout)),
                 heldout.captions,
                 templates=BARE,
                 every_n_epochs=monitor_every,
                 name="heldout",
-            ),
+            ), guard),
         ] + ([] if epochs else [ClockProgress(60 * minutes)]),
     )
     seconds = time.time() - start
+    os.makedirs(output_dir, exist_ok=True)
+    if guard.failed:
+        return _failed(guard, recipe, seconds, history.history, output_dir)
     heldout_scores, heldout_probs = zero_shot_scores(
         model, heldout.images, heldout.captions, heldout.concept_ids,
         return_probabilities=True)
     metrics = {
+        "status": "complete",
         "backend": keras.backend.backend(),
         "preset": preset,
         "image_size": image_size,
@@ -308,16 +316,33 @@ def run(
         noto = None
         metrics["noto"] = None
         print(f"Skipping the unseen-style test: {error}")
-    os.makedirs(output_dir, exist_ok=True)
-    path = os.path.join(output_dir, "clip.keras")
-    model.save(path)
+    path = training.save_atomically(model, os.path.join(output_dir, "clip.keras"))
     outputs = {"model": path, "metrics": os.path.join(output_dir, "metrics.json")}
     outputs.update(figures(model, history.history, output_dir, heldout, heldout_probs,
                            noto, noto_probs))
     metrics["outputs"] = outputs
-    with open(outputs["metrics"], "w") as f:
-        json.dump({**metrics, "history": history.history}, f, indent=2, default=float)
+    app.write_json(outputs["metrics"], {**metrics, "history": history.history})
     report(metrics, path)
+    return metrics
+
+
+def _failed(guard, recipe, seconds, history, output_dir):
+    """The metrics of a run stopped by a non-finite loss; no model is saved."""
+    path = os.path.join(output_dir, "metrics.json")
+    metrics = {
+        "status": "failed",
+        "backend": keras.backend.backend(),
+        "recipe": recipe,
+        "train_seconds": seconds,
+        "epochs": len(history.get("loss", [])),
+        "non_finite": guard.as_dict(),
+        "outputs": {"metrics": path},
+    }
+    app.write_json(path, {**metrics, "history": history})
+    print(
+        f"Nothing evaluated and no clip.keras written; the run's numbers are in {path}. "
+        "Look for NaN or infinite values in the images, or lower --learning-rate."
+    )
     return metrics
 
 

@@ -57,8 +57,11 @@ def _curve_panels(history):
             ["i2t_accuracy", "t2i_accuracy", "val_i2t_accuracy", "val_t2i_accuracy"],
         ),
         ("logit scale (1 / temperature)", ["logit_scale"]),
-        # Logged by Keras's LearningRateScheduler and TimeBudgetCosineDecay.
+        # Logged by Keras's LearningRateScheduler, TimeBudgetCosineDecay and
+        # the training driver.
         ("learning rate (last step of the epoch)", ["learning_rate"]),
+        # Logged by the data pipeline's SkipCountLogger.
+        ("skipped samples (per epoch)", ["skipped_samples"]),
     ]
     used = {key for _, keys in panels for key in keys}
     # Evaluation callbacks' numbers (zero-shot, retrieval) get a panel too.
@@ -74,6 +77,19 @@ def _curve_panels(history):
     ]
 
 
+# Logged at every epoch, so a NaN in them is a value, not a gap.
+EVERY_EPOCH = ("loss", "i2t_accuracy", "t2i_accuracy", "logit_scale")
+
+
+def non_finite_epochs(history):
+    """The 1-based epochs where a metric logged every epoch was NaN or infinite."""
+    epochs = set()
+    for key in EVERY_EPOCH:
+        values = np.asarray(history.get(key, []), dtype="float64")
+        epochs.update(int(i) + 1 for i in np.flatnonzero(~np.isfinite(values)))
+    return sorted(epochs)
+
+
 def training_curves(history, path):
     """Loss, accuracies, logit scale (and learning rate) against the epoch.
 
@@ -81,7 +97,9 @@ def training_curves(history, path):
         history: dict of metric name -> list of per-epoch values (a Keras
             `History.history`); an `"epoch"` list, if present, is the x axis.
             A shorter list (a metric logged every N epochs) is drawn at
-            epochs N, 2N, ...; NaN entries are left out.
+            epochs N, 2N, ...; NaN entries are left out, and an epoch whose
+            loss, accuracies or logit scale was not finite (a failed run)
+            is marked with a red dashed line in every panel.
         path: output PNG path.
 
     Returns:
@@ -97,7 +115,10 @@ def training_curves(history, path):
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
     axes = np.atleast_1d(axes)
     epochs = max(len(v) for v in history.values())
+    failed = non_finite_epochs(history)
     for ax, (title, keys) in zip(axes, panels):
+        for epoch in failed:
+            ax.axvline(epoch, color="red", ls="--", lw=1, label="not finite")
         for key in keys:
             values = np.asarray(history[key], dtype="float64")
             if len(values) == epochs:

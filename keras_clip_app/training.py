@@ -1,11 +1,17 @@
 """Resumable training into an output folder (what `keras-clip train` runs).
 
-`train` owns the folder:
+`train` owns the folder (file names in `keras_clip_app.checkpoints`):
 
 - `checkpoint.keras`: model, tokenizer, optimizer state and step count,
   rewritten atomically at the end of every epoch and when the run is
-  interrupted (Ctrl-C / SIGTERM stop at the end of the current step);
+  interrupted (Ctrl-C / SIGTERM stop at the end of the current step); the
+  one it replaces is kept as `checkpoint.prev.keras`, so one damaged file
+  costs at most one epoch (the run resumes from the previous one, saying
+  so);
+- `train_state.json`: the run's plan and settings; a resumed run whose
+  epochs, steps per epoch or settings differ is refused, naming the change;
 - `history.csv`: one row per (possibly partial) epoch, appended across runs;
+- `tensorboard/` (with `tensorboard=True`): the same numbers per epoch;
 - `clip.keras`: the final model, written when all epochs are done.
 
 Only the chief process (rank 0) writes files. Running the same command again resumes from `checkpoint.keras` at the exact
@@ -15,10 +21,13 @@ pass, so the samples of those steps are not the ones the interrupted run
 would have drawn). No finished step is lost. An epoch is `steps_per_epoch`
 batches of the repeated dataset, so epochs and steps stay aligned even when
 a pass yields fewer batches because samples were skipped.
+
+A NaN or infinite loss stops the run (`keras_clip.StopOnNonFinite`): its
+status is "failed", no checkpoint or final model is written from the
+non-finite weights, and the last good checkpoint stays in place.
 """
 
 import csv
-import json
 import os
 import signal
 import time
@@ -26,44 +35,40 @@ import time
 import keras
 import numpy as np
 
+from keras_clip.callbacks import StopOnNonFinite
+from keras_clip.callbacks import describe_value
 from keras_clip.data.pipeline import SkipCountLogger
 from keras_clip.distributed import is_chief
-
-CHECKPOINT = "checkpoint.keras"
-FINAL = "clip.keras"
-HISTORY = "history.csv"
-STATE = "train_state.json"
-
-
-def save_atomically(model, path):
-    """`model.save(path)` through a temporary file, so `path` is never half-written."""
-    tmp = path[: -len(".keras")] + ".partial.keras"
-    model.save(tmp)
-    os.replace(tmp, path)
-    return path
-
-
-def optimizer_step(model):
-    """The optimizer's step count (0 for a model not yet trained)."""
-    optimizer = getattr(model, "optimizer", None)
-    if optimizer is None:
-        return 0
-    return int(keras.ops.convert_to_numpy(optimizer.iterations))
+from keras_clip_app import checkpoints
+from keras_clip_app import progress
+from keras_clip_app.checkpoints import CHECKPOINT  # noqa: F401 (the folder's names, for callers)
+from keras_clip_app.checkpoints import DAMAGED  # noqa: F401
+from keras_clip_app.checkpoints import FINAL
+from keras_clip_app.checkpoints import HISTORY
+from keras_clip_app.checkpoints import PREVIOUS  # noqa: F401
+from keras_clip_app.checkpoints import STATE
+from keras_clip_app.checkpoints import TENSORBOARD
+from keras_clip_app.checkpoints import optimizer_step
+from keras_clip_app.checkpoints import save_atomically
+from keras_clip_app.errors import RunError
 
 
 class Checkpointer(keras.callbacks.Callback):
     """Saves `checkpoint.keras` at each epoch end, and on request mid-epoch.
 
     `request_stop()` (called from a signal handler) makes the run save at
-    the end of the current step and stop.
+    the end of the current step and stop. Nothing is saved once `guard`
+    (a `StopOnNonFinite`) has seen a non-finite loss.
     """
 
-    def __init__(self, output_dir, epochs, steps_per_epoch):
+    def __init__(self, output_dir, epochs, steps_per_epoch, settings=None, guard=None):
         super().__init__()
         self.output_dir = output_dir
-        self.path = os.path.join(output_dir, CHECKPOINT)
+        self.path = os.path.join(output_dir, checkpoints.CHECKPOINT)
         self.epochs = epochs
         self.steps_per_epoch = steps_per_epoch
+        self.settings = dict(settings or {})
+        self.guard = guard
         self.stop_requested = False
         self.interrupted_at = None
 
@@ -71,18 +76,18 @@ class Checkpointer(keras.callbacks.Callback):
         self.stop_requested = True
 
     def _save(self, epoch_done):
-        if not is_chief():
+        if not is_chief() or (self.guard is not None and self.guard.failed):
             return
-        save_atomically(self.model, self.path)
+        checkpoints.save_checkpoint(self.model, self.output_dir)
         state = {
             "step": optimizer_step(self.model),
             "epochs_done": epoch_done,
             "epochs": self.epochs,
             "steps_per_epoch": self.steps_per_epoch,
+            "settings": checkpoints._jsonable(self.settings),
             "saved_at": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
-        with open(os.path.join(self.output_dir, STATE), "w") as f:
-            json.dump(state, f, indent=2)
+        checkpoints.write_json_atomically(os.path.join(self.output_dir, STATE), state)
 
     def on_train_batch_end(self, batch, logs=None):
         if self.stop_requested and self.interrupted_at is None:
@@ -93,6 +98,33 @@ class Checkpointer(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if self.interrupted_at is None:
             self._save(epoch_done=True)
+
+
+class UnlessFailed(keras.callbacks.Callback):
+    """Runs `inner`'s hooks, except its epoch end after a non-finite loss
+    (an evaluation of non-finite weights would only cost time)."""
+
+    def __init__(self, inner, guard):
+        super().__init__()
+        self.inner = inner
+        self.guard = guard
+        # `inner`'s own methods: Keras sees the same hooks implemented (a
+        # callback without batch hooks keeps `fit`'s asynchronous dispatch).
+        for name in dir(keras.callbacks.Callback):
+            if name.startswith("on_") and name != "on_epoch_end":
+                setattr(self, name, getattr(inner, name))
+
+    def set_params(self, params):
+        super().set_params(params)
+        self.inner.set_params(params)
+
+    def set_model(self, model):
+        super().set_model(model)
+        self.inner.set_model(model)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self.guard.failed:
+            self.inner.on_epoch_end(epoch, logs)
 
 
 class _StopOnSignals:
@@ -129,8 +161,14 @@ class _StopOnSignals:
         return False
 
 
-def read_history(output_dir):
-    """`history.csv` as a dict of lists, one value per epoch (the last row of each; NaN where not logged)."""
+def read_history(output_dir, missing=float("nan")):
+    """`history.csv` as a dict of lists, one value per epoch (the last row of each).
+
+    A metric not logged in an epoch (an evaluation every N epochs) reads as
+    `missing` (NaN by default, keeping every list aligned with the epochs);
+    a logged NaN or infinity reads as itself, so a failed epoch stays seen.
+    Metrics never logged are left out.
+    """
     path = os.path.join(output_dir, HISTORY)
     if not os.path.exists(path):
         return {}
@@ -138,17 +176,19 @@ def read_history(output_dir):
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
             rows[int(row["epoch"])] = row
-    keys = {key for row in rows.values() for key in row}
+    keys = {key for row in rows.values() for key in row if key is not None}
     history = {key: [] for key in keys}
+    logged = set()
     for epoch in sorted(rows):
         for key in keys:
-            # A metric logged every N epochs is empty in the other rows: NaN
-            # keeps every list aligned with the epochs.
             try:
-                history[key].append(float(rows[epoch].get(key)))
+                value = float(rows[epoch].get(key))
             except (TypeError, ValueError):
-                history[key].append(float("nan"))
-    return {k: v for k, v in history.items() if not all(np.isnan(v))}
+                value = missing
+            else:
+                logged.add(key)
+            history[key].append(value)
+    return {k: v for k, v in history.items() if k in logged}
 
 
 def set_jit_compile(model, value):
@@ -182,6 +222,9 @@ def train(
     verbose="auto",
     resume=True,
     jit_compile=None,
+    settings=None,
+    guard=None,
+    tensorboard=False,
 ):
     """Trains into `output_dir`, resuming from its checkpoint when there is one.
 
@@ -196,94 +239,158 @@ def train(
         output_dir: folder of the checkpoint, history and final model.
         epochs: total epochs of the run (across resumptions).
         steps_per_epoch: batches per epoch (one pass of `make_dataset`).
-        callbacks: further Keras callbacks.
-        verbose: passed to `fit` (progress bar with "auto" on a terminal).
-        resume: bool; `False` starts over even if a checkpoint exists.
+        callbacks: further Keras callbacks (their epoch end is skipped
+            after a non-finite loss).
+        verbose: passed to `fit`; "auto" is Keras's progress bar on a
+            terminal and "lines" otherwise: plain lines for a log file
+            (`progress.ProgressLines`).
+        resume: bool; `False` starts over even if a checkpoint exists,
+            removing the earlier run's files.
         jit_compile: `None` keeps the model's own setting (a resumed run:
             the checkpoint's); `"auto"`, `True` or `False` sets it for this
             run, as `compile(jit_compile=...)` would.
+        settings: `{flag: value}` that a resumed run must share with the
+            saved one (saved in `train_state.json`); `epochs` and
+            `steps_per_epoch` are always checked.
+        guard: the `StopOnNonFinite` to use (read it after a failed run);
+            one is made when `None`.
+        tensorboard: also write TensorBoard logs into `output_dir/tensorboard`.
 
     Returns:
-        `(model, status)`: status is `"complete"`, or `"interrupted"` when a
-        signal stopped the run (the checkpoint holds its state).
+        `(model, status)`: status is `"complete"`, `"interrupted"` when a
+        signal stopped the run (the checkpoint holds its state), or
+        `"failed"` when a loss was not finite (see `guard`).
+
+    Raises:
+        RunError: a resumed run whose plan or settings differ from the
+            saved ones, no readable checkpoint to resume from, or a
+            `clip.keras` of unknown origin that a fresh run would replace.
     """
     if epochs < 1 or steps_per_epoch < 1:
         raise ValueError(
             "Expected epochs >= 1 and steps_per_epoch >= 1. "
             f"Received: epochs={epochs}, steps_per_epoch={steps_per_epoch}"
         )
+    settings = dict(settings or {})
+    guard = guard if guard is not None else StopOnNonFinite()
     os.makedirs(output_dir, exist_ok=True)
-    checkpoint = os.path.join(output_dir, CHECKPOINT)
-    if resume and os.path.exists(checkpoint):
-        model = keras.saving.load_model(checkpoint)
+    total = epochs * steps_per_epoch
+    final = os.path.join(output_dir, FINAL)
+    newest = os.path.join(output_dir, checkpoints.CHECKPOINT)
+    saved = [p for p in (newest, os.path.join(output_dir, checkpoints.PREVIOUS)) if os.path.exists(p)]
+    if resume and saved:
+        state = checkpoints.read_state(output_dir)
+        checkpoints.check_plan(state, output_dir, epochs, steps_per_epoch, settings)
+        if (state and state.get("step", 0) >= total and os.path.exists(final)
+                and checkpoints.damage_reason(final) is None):
+            print(f"Training already complete ({total:,} of {total:,} steps); the final model is {final}.")
+            return keras.saving.load_model(final), "complete"
+        model, source = checkpoints.load_checkpoint(output_dir, chief=is_chief())
         step = optimizer_step(model)
-        print(f"Resuming from {checkpoint} at step {step:,}.")
+        print(f"Resuming from {source} at step {step:,} of {total:,}.")
     else:
-        if os.path.exists(os.path.join(output_dir, HISTORY)):
-            os.remove(os.path.join(output_dir, HISTORY))
-        model = build_model()
+        if resume and os.path.exists(final):
+            raise RunError(
+                f"Expected an empty folder or a run to resume in {output_dir}. Received: "
+                f"{final} without a checkpoint, which this run would replace. Pass "
+                "--restart to replace it, or train into a new --output-dir."
+            )
+        if is_chief():
+            checkpoints.clear_previous_run(output_dir)
+        model, source = build_model(), None
         step = 0
     if jit_compile is not None:
         set_jit_compile(model, jit_compile)
-    total = epochs * steps_per_epoch
-    if step >= total:
-        print(f"Training already complete ({step:,} of {total:,} steps).")
+    if step > total:
+        raise RunError(
+            f"Expected a checkpoint at most at step {total:,} ({epochs} epochs of "
+            f"{steps_per_epoch}). Received: {source} at step {step:,}. Resume with the "
+            f"original --epochs and --batch-size, or {checkpoints.RESTART}."
+        )
+    if step == total:
+        if is_chief() and (not os.path.exists(final) or checkpoints.damage_reason(final)):
+            save_atomically(model, final)
+            print(f"Wrote the final model {final} from {source}.")
+        print(f"Training already complete ({step:,} of {total:,} steps); the final model is {final}.")
         return model, "complete"
     epoch, done_in_epoch = divmod(step, steps_per_epoch)
-    checkpointer = Checkpointer(output_dir, epochs, steps_per_epoch)
-    all_callbacks = [checkpointer, *callbacks]
+    checkpointer = Checkpointer(output_dir, epochs, steps_per_epoch, settings, guard)
+    # The guard first: a failed step must be seen before anything saves.
+    all_callbacks = [guard, checkpointer]
     # Repeated, with an explicit epoch length: steps and epochs stay in step
     # even when a pass yields fewer batches (skipped samples).
     dataset = make_dataset(model, epoch)
     counter = getattr(dataset, "skip_counter", None)
     if counter is not None:
         all_callbacks.append(SkipCountLogger(counter))
-    # Last, so the row holds what the evaluation callbacks added to the logs.
+    all_callbacks += [UnlessFailed(c, guard) for c in callbacks]
+    all_callbacks.append(progress.LearningRateLog())
+    if verbose == "auto":
+        verbose = 1 if progress.is_terminal() else "lines"
+    # Last, so that they see what the evaluation callbacks added to the logs.
     if is_chief():
         all_callbacks.append(
             keras.callbacks.CSVLogger(os.path.join(output_dir, HISTORY), append=True)
         )
+        if tensorboard:
+            all_callbacks.append(keras.callbacks.TensorBoard(
+                os.path.join(output_dir, TENSORBOARD), write_graph=False))
+    if verbose == "lines":
+        all_callbacks.append(progress.ProgressLines(epochs, steps_per_epoch, step))
+        verbose = 0
     dataset = dataset.repeat()
+    fit = dict(callbacks=all_callbacks, verbose=verbose,
+               shuffle=False)  # the pipeline shuffles; Keras's flag would only warn
     with _StopOnSignals(checkpointer):
         if done_in_epoch:
             # Finish the interrupted epoch with its remaining steps only.
-            model.fit(
-                dataset,
-                steps_per_epoch=steps_per_epoch - done_in_epoch,
-                initial_epoch=epoch,
-                epochs=epoch + 1,
-                callbacks=all_callbacks,
-                shuffle=False,  # the pipeline shuffles; Keras's flag would only warn
-                verbose=verbose,
-            )
+            model.fit(dataset, steps_per_epoch=steps_per_epoch - done_in_epoch,
+                      initial_epoch=epoch, epochs=epoch + 1, **fit)
             epoch += 1
-        if epoch < epochs and checkpointer.interrupted_at is None:
-            model.fit(
-                dataset,
-                steps_per_epoch=steps_per_epoch,
-                initial_epoch=epoch,
-                epochs=epochs,
-                callbacks=all_callbacks,
-                shuffle=False,  # the pipeline shuffles; Keras's flag would only warn
-                verbose=verbose,
-            )
+        if epoch < epochs and checkpointer.interrupted_at is None and not guard.failed:
+            model.fit(dataset, steps_per_epoch=steps_per_epoch, initial_epoch=epoch,
+                      epochs=epochs, **fit)
+    if guard.failed:
+        _report_failure(output_dir)
+        return model, "failed"
     if checkpointer.interrupted_at is not None:
         print(
             f"Stopped at step {checkpointer.interrupted_at:,} of {total:,}; saved "
-            f"{checkpoint}. Run the same command again to resume."
+            f"{newest}. Run the same command again to resume."
         )
         return model, "interrupted"
     if is_chief():
-        save_atomically(model, os.path.join(output_dir, FINAL))
+        save_atomically(model, final)
     return model, "complete"
 
 
+def _report_failure(output_dir):
+    newest = os.path.join(output_dir, checkpoints.CHECKPOINT)
+    state = checkpoints.read_state(output_dir) or {}
+    if os.path.exists(newest):
+        kept = f"The last good checkpoint, {newest} (step {state.get('step', '?')}), is kept"
+    else:
+        kept = "No checkpoint was saved before it"
+    print(
+        f"{kept}; {FINAL} was not written. Look for NaN or infinite values in "
+        "the training data, or lower --lr; then run the same command to resume."
+    )
+
+
 def history_summary(history):
-    """The last logged value of each metric (for metrics.json)."""
+    """The last logged value of each metric (for metrics.json), from a
+    `read_history(..., missing=None)`: non-finite values as "nan" / "inf" /
+    "-inf" (JSON has no NaN), and `epoch` as the number of epochs run."""
     out = {}
     for key, values in history.items():
-        values = np.asarray(values, dtype="float64")
-        values = values[np.isfinite(values)]
-        if len(values):
-            out[key] = float(values[-1])
+        values = [v for v in values if v is not None]
+        if not values:
+            continue
+        if key == "epoch":
+            out[key] = int(values[-1]) + 1
+        elif key == "skipped_samples" and np.isfinite(values[-1]):
+            out[key] = int(values[-1])
+        else:
+            out[key] = describe_value(values[-1])
     return out
+

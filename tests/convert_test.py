@@ -525,3 +525,21 @@ def test_full_size_parity(name):
         _numpy(keras.ops.softmax(out, axis=-1)) - logits.softmax(-1).numpy()).max())
     _log(f"open_clip {name} full size", {"logits": diff, "probabilities": probs})
     assert diff < TOLERANCE and probs < TOLERANCE
+
+
+def test_convert_command_passes_head_counts(tmp_path):
+    from safetensors.torch import save_file
+
+    from keras_clip_app import cli
+
+    reference = _tiny_resnet_head_width_16()
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, tmp_path / "rn.safetensors")
+    out = tmp_path / "rn.keras"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert cli.main(["convert", str(tmp_path / "rn.safetensors"), str(out), "--activation", "gelu",
+                         "--vision-heads", "32", "--text-heads", "4"]) == 0
+    assert not _head_warnings(caught)
+    model = keras.saving.load_model(out)
+    assert (model.config.vision_heads, model.config.text_heads) == (32, 4)
+    _check_open_clip_parity(reference, model, "converted by the CLI with head counts")

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 import keras_clip
+import keras_clip_app.cli
 from keras_clip_app import demo
 from keras_clip.evaluation import zero_shot
 
@@ -61,8 +62,14 @@ def test_demo_trains_evaluates_and_saves(tmp_path, capsys):
     )
     # Under the clock, one line per epoch with the time spent against the
     # budget, not Keras's "Epoch k/1000".
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert "epoch   1 - 0:" in out and " / 0:15 - loss " in out and "/1000" not in out
+    # Plain lines (this output is not a terminal), the tokenizer's shortfall
+    # (if any) said in one line, not warned.
+    for stream in (out, captured.err):
+        assert "\x1b[" not in stream and "\r" not in stream
+    assert "-token BPE vocabulary from " in out
     # The training emoji's aliases join their names as captions.
     aliases = int(re.search(r"\(and ([\d,]+) aliases\)", out).group(1).replace(",", ""))
     assert aliases > 1000
@@ -95,3 +102,32 @@ def test_demo_trains_evaluates_and_saves(tmp_path, capsys):
     probs = zero_shot.classify(model, images, ["red heart", "grinning face", "dog"], templates=["{}"])
     assert probs.shape == (2, 3)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_a_non_finite_loss_fails_the_demo_and_saves_no_model(tmp_path, monkeypatch, capsys):
+    real = demo.data.from_arrays
+
+    def nan_images(*args, **kwargs):
+        return real(*args, **kwargs).map(
+            lambda batch: {**batch, "images": batch["images"] * np.nan})
+
+    monkeypatch.setattr(demo.data, "from_arrays", nan_images)
+    # A ViT: its layer norms carry a NaN through (under XLA a ResNet's ReLUs
+    # and max-pooling may turn NaN into 0, and the loss stays finite).
+    status = keras_clip_app.cli.main([
+        "demo", "--output-dir", str(tmp_path), "--minutes", "1", "--epochs", "3",
+        "--batch-size", "64", "--vocabulary-size", "700", "--preset", "tiny-vit"])
+    captured = capsys.readouterr()
+    assert status == 1
+    assert "Stopped: the loss is nan at step 1 (epoch 1)" in captured.out
+    assert "keras-clip demo: error: training failed: the loss was nan at step 1" in captured.err
+    assert not (tmp_path / "clip.keras").exists()
+
+    def refuse(name):
+        raise AssertionError(f"metrics.json holds {name}")
+
+    with open(tmp_path / "metrics.json") as f:
+        saved = json.load(f, parse_constant=refuse)
+    assert saved["status"] == "failed"
+    assert saved["non_finite"] == {"metric": "loss", "value": "nan", "step": 1, "epoch": 1}
+    assert saved["history"]["loss"] == ["nan"]

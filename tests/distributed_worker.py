@@ -8,7 +8,8 @@ processes), "jax_model_parallel" (2 x 2 mesh, weights sharded by
 `keras_clip.distributed.layout_map`), "chunked" (one device, loss in chunks of 3 rows), "micro" (one
 device, `micro_batches=2`), "remat" (one device, `CLIPConfig.remat`). The backend comes from
 $KERAS_BACKEND. CHUNK > 0 computes the loss in blocks of that many rows
-(`loss_chunk_size`) in the distributed modes; SMOOTHING is the `label_smoothing` of every mode.
+(`ContrastiveLoss(chunk_size=...)`) in the distributed modes; SMOOTHING is the
+`label_smoothing` of every mode.
 Each run trains 3 steps of one global batch per epoch and
 saves the per-step loss and accuracies and the weights after steps 1 and 3.
 """
@@ -49,17 +50,17 @@ def global_batches():
     return images, ids
 
 
-def build(remat=False, **compile_kwargs):
+def build(remat=False, **loss_options):
     import keras
 
     import keras_clip
 
     keras.utils.set_random_seed(0)
     if CHUNK and MODE != "single":
-        compile_kwargs.setdefault("loss_chunk_size", CHUNK)
-    compile_kwargs.setdefault("label_smoothing", SMOOTHING)
+        loss_options.setdefault("chunk_size", CHUNK)
+    loss = keras_clip.ContrastiveLoss(label_smoothing=SMOOTHING, **loss_options)
     model = keras_clip.CLIPModel.from_preset(PRESET, remat=remat)
-    model.compile(optimizer=keras.optimizers.SGD(LEARNING_RATE), **compile_kwargs)
+    model.compile(optimizer=keras.optimizers.SGD(LEARNING_RATE), loss=loss)
     return model
 
 
@@ -129,7 +130,7 @@ def main():
     images, ids = global_batches()
     recorder = Recorder()
     if MODE in ("single", "chunked", "micro", "remat"):
-        kwargs = {"chunked": {"loss_chunk_size": 3}, "micro": {"micro_batches": 2},
+        kwargs = {"chunked": {"chunk_size": 3}, "micro": {"micro_batches": 2},
                   "remat": {"remat": True}}.get(MODE, {})
         model = build(**kwargs)
         fit(model, images, ids, recorder, GLOBAL)

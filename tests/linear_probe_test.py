@@ -99,6 +99,10 @@ def test_sweep_prefers_regularisation_when_overfitting():
     result = lp.linear_probe(x, y, xt, yt, xv, yv, l2_values=[1e-6, 1e-2, 1.0, 1e6])
     assert result["l2"] in (1e-2, 1.0)
     assert result["val_accuracy"][result["l2"]] > result["val_accuracy"][1e-6]
+    # The same sweep as a NumPy array (np.logspace) gives the same result.
+    as_array = lp.linear_probe(x, y, xt, yt, xv, yv, l2_values=np.array([1e-6, 1e-2, 1.0, 1e6]))
+    assert as_array["l2"] == result["l2"]
+    assert as_array["test_accuracy"] == result["test_accuracy"]
 
 
 def test_split_and_errors():

@@ -262,3 +262,100 @@ def test_label_smoothing_out_of_range_is_a_clear_error(bad):
         contrastive_loss(logits, label_smoothing=bad)
     with pytest.raises(ValueError, match=r"label_smoothing.*\[0, 1\).*Received"):
         chunked_contrastive_loss(logits, logits, 1.0, 2, label_smoothing=bad)
+
+
+# ---- the loss object -------------------------------------------------------
+
+
+def np_loss_object_reference(img, txt, scale, eps):
+    """Value, accuracies and gradients of `ContrastiveLoss` on one device,
+    written out in float64: normalise, smoothed cross-entropy both ways,
+    then the chain rule back through the logits and the normalisation."""
+    x, y = img.astype("float64"), txt.astype("float64")
+    nx = np.linalg.norm(x, axis=1, keepdims=True)
+    ny = np.linalg.norm(y, axis=1, keepdims=True)
+    u, v = x / nx, y / ny
+    n = len(u)
+    cos = u @ v.T
+    z = scale * cos
+    labels = np.arange(n)
+    target = (1 - eps) * np.eye(n) + eps / n
+    loss = 0.5 * (np_smoothed_cross_entropy(z, labels, eps)
+                  + np_smoothed_cross_entropy(z.T, labels, eps))
+    # d loss / d z: (softmax - target) / n per direction, halved.
+    dz = 0.5 * ((np.exp(np_log_softmax(z)) - target)
+                + (np.exp(np_log_softmax(z.T)) - target).T) / n
+    du, dv = scale * dz @ v, scale * dz.T @ u
+    dx = (du - u * (u * du).sum(1, keepdims=True)) / nx
+    dy = (dv - v * (v * dv).sum(1, keepdims=True)) / ny
+    d_scale = (dz * cos).sum()
+    accuracies = ((z.argmax(1) == labels).mean(), (z.T.argmax(1) == labels).mean())
+    return loss, accuracies, [dx, dy, d_scale]
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.2])
+@pytest.mark.parametrize("chunk_size", [None, 3])
+def test_loss_object_matches_numpy_values_accuracies_and_gradients(eps, chunk_size):
+    from keras_clip.losses import ContrastiveLoss
+
+    rng = np.random.default_rng(8)
+    img = (2.0 * rng.standard_normal((7, 6))).astype("float32")  # not unit length
+    txt = (img + 1.5 * rng.standard_normal((7, 6))).astype("float32")
+    scale = np.float32(8.0)
+    loss_fn = ContrastiveLoss(label_smoothing=eps, chunk_size=chunk_size)
+    want, (want_i2t, want_t2i), want_grads = np_loss_object_reference(img, txt, 8.0, eps)
+
+    loss, metrics = loss_fn(img, txt, scale)
+    assert float(to_np(loss)) == pytest.approx(want, rel=1e-5)
+    assert sorted(metrics) == ["i2t_accuracy", "t2i_accuracy"]
+    assert float(to_np(metrics["i2t_accuracy"])) == pytest.approx(want_i2t)
+    assert float(to_np(metrics["t2i_accuracy"])) == pytest.approx(want_t2i)
+    assert 0.0 < want_i2t < 1.0  # the accuracies are not trivially 0 or 1
+
+    got, got_grads = _value_and_grads(lambda i, t, s: loss_fn(i, t, s)[0], img, txt, scale)
+    assert got == pytest.approx(want, rel=1e-5)
+    for g, w in zip(got_grads, want_grads):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6)
+
+
+def test_loss_object_config_round_trip():
+    from keras_clip.losses import ContrastiveLoss
+
+    loss = ContrastiveLoss(label_smoothing=0.25, chunk_size=64, micro_batches=4)
+    config = loss.get_config()
+    assert config == {"label_smoothing": 0.25, "chunk_size": 64, "micro_batches": 4}
+    clone = ContrastiveLoss.from_config(config)
+    assert (clone.label_smoothing, clone.chunk_size, clone.micro_batches) == (0.25, 64, 4)
+    # Through Keras's serialisation, as the compile config stores it.
+    serialized = keras.saving.serialize_keras_object(loss)
+    assert serialized["registered_name"] == "keras_clip>ContrastiveLoss"
+    restored = keras.saving.deserialize_keras_object(serialized)
+    assert isinstance(restored, ContrastiveLoss)
+    assert restored.get_config() == config
+    assert ContrastiveLoss().get_config() == {
+        "label_smoothing": 0.0, "chunk_size": None, "micro_batches": None}
+    assert repr(loss) == "ContrastiveLoss(label_smoothing=0.25, chunk_size=64, micro_batches=4)"
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"label_smoothing": 1.0}, r"label_smoothing.*\[0, 1\).*Received: 1\.0"),
+        ({"chunk_size": 0}, r"`chunk_size` to be a positive int or None.*Received: 0"),
+        ({"chunk_size": 2.0}, r"`chunk_size` to be a positive int or None.*Received: 2\.0"),
+        ({"micro_batches": True}, r"`micro_batches` to be a positive int or None.*Received: True"),
+    ],
+)
+def test_loss_object_bad_options_are_clear_errors(kwargs, match):
+    from keras_clip.losses import ContrastiveLoss
+
+    with pytest.raises(ValueError, match=match):
+        ContrastiveLoss(**kwargs)
+
+
+def test_loss_object_takes_no_bias():
+    from keras_clip.losses import ContrastiveLoss
+
+    x = np.eye(3, dtype="float32")
+    with pytest.raises(ValueError, match=r"no logit bias.*Received: bias=-10\.0"):
+        ContrastiveLoss()(x, x, 1.0, bias=-10.0)

@@ -1,6 +1,5 @@
 """CLIPModel: shapes, presets, input errors, training with fit, the clamp."""
 
-import itertools
 import math
 
 import keras
@@ -9,7 +8,6 @@ import pytest
 
 import keras_clip
 from keras_clip.models import config as configs
-from keras_clip.models import layers as clip_layers
 
 
 def to_np(x):
@@ -173,124 +171,8 @@ def test_encoders_and_logits_agree(name):
     assert float(to_np(model.logit_scale)) == pytest.approx(math.log(1 / 0.07))
 
 
-@pytest.mark.parametrize("name", ["tiny-vit", "tiny-resnet"])
-def test_compiled_encoders_follow_the_weights_and_match_eager(name):
-    # encode_image / encode_text run compiled on TF and JAX (tf.function /
-    # jax.jit); after training changes the weights (and the ResNet's batch
-    # norm statistics) they must give what the eager layers give.
-    model = keras_clip.CLIPModel.from_preset(name)
-    images, ids = synthetic_pairs(model.config, 4)
-    before = to_np(model.encode_image(images))
-    model.compile(optimizer=keras.optimizers.SGD(0.05))
-    model.fit({"images": images, "token_ids": ids}, batch_size=4, epochs=1, verbose=0)
-    image, text = to_np(model.encode_image(images)), to_np(model.encode_text(ids))
-    assert np.isfinite(image).all() and np.isfinite(text).all()
-    raw = to_np(model.encode_image(images, normalize=False))
-    if keras.backend.backend() != "torch":
-        assert {"image", "text"} <= {k[0] for k in model.__dict__["_compiled_encoders"]}
-    model.run_eagerly = True
-    assert model._compiled_encoder("image", True, images, False) is None
-    np.testing.assert_allclose(image, to_np(model.encode_image(images)), atol=1e-5)
-    np.testing.assert_allclose(text, to_np(model.encode_text(ids)), atol=1e-5)
-    # Unnormalised features can be large: compare relative to their scale.
-    np.testing.assert_allclose(raw, to_np(model.encode_image(images, normalize=False)),
-                               atol=1e-5 * np.abs(raw).max())
-    assert np.abs(image - before).max() > 1e-3
-
-
-def test_tf_encoders_use_xla_unless_jit_compile_false_is_asked_for():
-    # Keras's "auto" resolves to False on CPU-only TF; the encoders still
-    # use XLA then, and stop only when jit_compile=False is asked for, by
-    # compile() or by setting the attribute (even where the value it
-    # replaces is already False).
-    model = keras_clip.CLIPModel.from_preset("tiny-vit")
-    images, ids = synthetic_pairs(model.config, 3)
-    assert model._tf_encoder_xla()
-    model.compile(optimizer="sgd")
-    assert model._tf_encoder_xla()
-    assert model.get_compile_config()["jit_compile"] == "auto"
-    xla_image, xla_text = to_np(model.encode_image(images)), to_np(model.encode_text(ids))
-    model.jit_compile = False
-    assert not model._tf_encoder_xla() and not model.jit_compile
-    plain_image, plain_text = to_np(model.encode_image(images)), to_np(model.encode_text(ids))
-    model.compile(optimizer="sgd", jit_compile=True)
-    assert model._tf_encoder_xla()
-    model.compile(optimizer="sgd", jit_compile=False)
-    assert not model._tf_encoder_xla()
-    assert model.get_compile_config()["jit_compile"] is False
-    if keras.backend.backend() == "tensorflow":
-        assert {k[2] for k in model.__dict__["_compiled_encoders"]} == {True, False}
-    # Both programs against the eager layers.
-    model.run_eagerly = True
-    eager_image, eager_text = to_np(model.encode_image(images)), to_np(model.encode_text(ids))
-    for got in (xla_image, plain_image):
-        np.testing.assert_allclose(got, eager_image, atol=1e-5)
-    for got in (xla_text, plain_text):
-        np.testing.assert_allclose(got, eager_text, atol=1e-5)
-
-
-@pytest.mark.parametrize("dtype", ["float32", "mixed_bfloat16"])
-@pytest.mark.parametrize("name", ["tiny-vit", "tiny-resnet"])
-def test_encoders_equal_tower_call_and_numpy_projection(monkeypatch, name, dtype):
-    # On torch, inference runs each tower's `call` without its
-    # `Layer.__call__` (`model._tower`: the input cast and, for a mixed
-    # policy, the autocast scope done by hand). The embeddings must equal
-    # the tower's `__call__` output, projected and normalised in NumPy, for
-    # NumPy and tensor inputs alike; the skip must happen where it should
-    # and not where it would change something (training, forward hooks).
-    from keras_clip.models import clip_model as model_module
-
-    model = keras_clip.CLIPModel.from_preset(name, dtype=dtype)
-    images, ids = synthetic_pairs(model.config, 3)
-    model.image_encoder(images, training=True)  # ResNet: move the BN statistics
-    image_features = to_np(keras.ops.cast(model.image_encoder(images, training=False), "float32"))
-    text_features = to_np(keras.ops.cast(model.text_encoder(ids), "float32"))
-    tol = 3e-2 if dtype == "mixed_bfloat16" else 1e-5
-
-    def reference(features, projection):
-        # The ResNet's attention pool projects itself (no image projection).
-        y = features if projection is None else features @ to_np(projection.kernel)
-        return y / np.linalg.norm(y, axis=1, keepdims=True)
-
-    calls = []
-    towers = [model.image_encoder, model.text_encoder]
-    original_call = keras.layers.Layer.__call__
-
-    def counting_call(layer, *args, **kwargs):
-        if any(layer is tower for tower in towers):
-            calls.append(layer.name)
-        return original_call(layer, *args, **kwargs)
-
-    monkeypatch.setattr(keras.layers.Layer, "__call__", counting_call)
-    inputs = [(images, ids), (keras.ops.convert_to_tensor(images), keras.ops.convert_to_tensor(ids)),
-              (images.astype("float64"), ids.astype("int64"))]
-    # Torch's fused paths cast weights themselves; the Keras-ops path reads
-    # them through the autocast scope.
-    for fused, (x, y) in itertools.product((True, False), inputs):
-        monkeypatch.setattr(clip_layers, "TORCH_FUSED_BLOCKS", fused)
-        image, text = model.encode_image(x), model.encode_text(y)
-        assert [keras.backend.standardize_dtype(o.dtype) for o in (image, text)] == ["float32"] * 2
-        np.testing.assert_allclose(
-            to_np(image), reference(image_features, model.image_projection), atol=tol)
-        np.testing.assert_allclose(
-            to_np(text), reference(text_features, model.text_projection), atol=tol)
-        # Unnormalised, the features keep the compute dtype, as `__call__` gives them.
-        raw = model.encode_image(x, normalize=False), model.encode_text(y, normalize=False)
-        assert [keras.backend.standardize_dtype(o.dtype) for o in raw] == [model.compute_dtype] * 2
-    monkeypatch.setattr(clip_layers, "TORCH_FUSED_BLOCKS", True)
-    if keras.backend.backend() != "torch":
-        return
-    assert calls == []  # both towers skipped `__call__`
-    fired = []
-    handle = model.image_encoder.register_forward_hook(lambda *a: fired.append(1))
-    model.encode_image(images)
-    handle.remove()
-    assert fired == [1] and calls == [model.image_encoder.name]
-    del calls[:]
-    model.encode_image(images, training=True)
-    assert calls == [model.image_encoder.name]
-    with keras.src.backend.common.variables.AutocastScope("float16"):
-        assert not model_module._plain_torch_call(model.text_encoder, keras.ops.convert_to_tensor(ids))
+# The compiled TF / JAX encoders and torch's tower skip, against the plain
+# path: tests/backends_test.py.
 
 
 def test_shorter_token_sequences_match_padded_ones():
@@ -487,7 +369,8 @@ def test_label_smoothing_is_the_smoothed_loss_and_is_saved(tmp_path):
     path = str(tmp_path / "smoothed.keras")
     model.save(path)
     loaded = keras.saving.load_model(path)
-    assert loaded.get_compile_config()["label_smoothing"] == 0.2
+    assert loaded.loss.label_smoothing == 0.2
+    assert loaded.get_compile_config()["loss"]["config"]["label_smoothing"] == 0.2
     logits = to_np(loaded(x)["logits_per_image"])
     want = 0.5 * (np_smoothed_cross_entropy(logits, labels, 0.2)
                   + np_smoothed_cross_entropy(logits.T, labels, 0.2))
@@ -495,3 +378,42 @@ def test_label_smoothing_is_the_smoothed_loss_and_is_saved(tmp_path):
     assert got == pytest.approx(want, rel=1e-4)
     with pytest.raises(ValueError, match=r"label_smoothing.*\[0, 1\).*Received: 1\.2"):
         model.compile(optimizer="sgd", label_smoothing=1.2)
+
+
+def test_compile_with_the_loss_object_trains_as_the_old_keyword_arguments():
+    # `compile(loss=ContrastiveLoss(...))` and the keyword arguments it
+    # replaces build the same loss: same options, same training, step by step.
+    def train(**compile_kwargs):
+        keras.utils.set_random_seed(4)
+        model = keras_clip.CLIPModel.from_preset("tiny-vit")
+        images, ids = synthetic_pairs(model.config, 8)
+        model.compile(optimizer=keras.optimizers.SGD(0.1), **compile_kwargs)
+        initial = model.get_weights()
+        history = model.fit({"images": images, "token_ids": ids}, batch_size=8, epochs=3,
+                            verbose=0).history
+        return model, history, initial
+
+    options = dict(label_smoothing=0.1, chunk_size=3, micro_batches=2)
+    new, new_logs, initial = train(loss=keras_clip.ContrastiveLoss(**options))
+    old, old_logs, _ = train(label_smoothing=0.1, loss_chunk_size=3, micro_batches=2)
+    assert isinstance(old.loss, keras_clip.ContrastiveLoss)
+    assert old.loss.get_config() == new.loss.get_config() == options
+    assert old.get_compile_config()["loss"] == new.get_compile_config()["loss"]
+    for key in ("loss", "i2t_accuracy", "t2i_accuracy", "logit_scale"):
+        np.testing.assert_allclose(old_logs[key], new_logs[key], rtol=1e-6, err_msg=key)
+    for a, b in zip(old.get_weights(), new.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    # The comparison can fail: the steps moved the weights.
+    assert max(np.abs(a - b).max() for a, b in zip(new.get_weights(), initial)) > 1e-3
+    # The default: the paper's loss, with no option set.
+    model = keras_clip.CLIPModel.from_preset("tiny-vit")
+    model.compile(optimizer="sgd")
+    assert model.loss.get_config() == keras_clip.ContrastiveLoss().get_config()
+    assert model.exclude_from_weight_decay is True
+
+
+def test_compile_rejects_a_loss_object_and_loss_keywords_together(tiny_vit):
+    with pytest.raises(ValueError, match=r"not both.*label_smoothing.: 0\.2"):
+        tiny_vit.compile(optimizer="sgd", loss=keras_clip.ContrastiveLoss(), label_smoothing=0.2)
+    with pytest.raises(ValueError, match=r"ContrastiveLoss.*Received: loss=<"):
+        tiny_vit.compile(optimizer="sgd", loss=keras.losses.MeanSquaredError())

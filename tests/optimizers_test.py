@@ -115,23 +115,17 @@ def test_exclusions_reach_the_optimizer_inside_loss_scaling():
     assert decayed_by_one_step(model, inner) == expected_decayed(model)
 
 
-@pytest.mark.parametrize("amsgrad", [False, True])
-def test_adamw_update_matches_numpy_and_keras(amsgrad):
-    # keras_clip.optimizers.AdamW replaces only Keras's torch update (in
-    # place on the GPU, ATen's fused kernel on the CPU); on every backend,
-    # four steps must equal the textbook update (NumPy, Keras's epsilon
-    # placement, one weight excluded from decay) and Keras's own AdamW.
-    from keras_clip.optimizers import AdamW
-
+def adamw_four_steps(amsgrad):
+    """Four AdamW steps on three weights (the second excluded from weight
+    decay): `(run, reference)`, where `run(optimizer)` gives the weights
+    after the steps and `reference` the textbook update in float64 NumPy
+    (Keras's epsilon placement)."""
     rng = np.random.default_rng(4)
     shapes = [(3, 5), (5,), (2, 2, 3)]
     init = [rng.standard_normal(s).astype("float32") for s in shapes]
     grads = [[rng.standard_normal(s).astype("float32") for s in shapes] for _ in range(4)]
-    kwargs = dict(learning_rate=0.01, weight_decay=0.1, beta_1=0.8, beta_2=0.9,
-                  epsilon=1e-3, amsgrad=amsgrad)
 
     def run(optimizer):
-        # The second weight is excluded from weight decay.
         variables = [keras.Variable(w, name=n) for w, n in zip(init, ["kernel", "bias", "gain"])]
         optimizer.exclude_from_weight_decay(var_names=["bias"])
         optimizer.build(variables)
@@ -152,6 +146,23 @@ def test_adamw_update_matches_numpy_and_keras(amsgrad):
             v[i] = 0.9 * v[i] + 0.1 * gi.astype("float64") ** 2
             v_hat[i] = np.maximum(v_hat[i], v[i])
             w[i] = w[i] - alpha * m[i] / (np.sqrt(v_hat[i] if amsgrad else v[i]) + 1e-3)
+    return run, w
+
+
+ADAMW_KWARGS = dict(learning_rate=0.01, weight_decay=0.1, beta_1=0.8, beta_2=0.9, epsilon=1e-3)
+
+
+@pytest.mark.parametrize("amsgrad", [False, True])
+def test_adamw_update_matches_numpy_and_keras(amsgrad):
+    # keras_clip.optimizers.AdamW replaces only Keras's torch update (in
+    # place on the GPU, ATen's fused kernel on the CPU); on every backend,
+    # four steps must equal the textbook update (NumPy, Keras's epsilon
+    # placement, one weight excluded from decay) and Keras's own AdamW.
+    # (Each torch update against the other: tests/backends_test.py.)
+    from keras_clip.optimizers import AdamW
+
+    kwargs = dict(ADAMW_KWARGS, amsgrad=amsgrad)
+    run, w = adamw_four_steps(amsgrad)
     ours = run(AdamW(**kwargs))
     stock = run(keras.optimizers.AdamW(**kwargs))
     for a, b, ref in zip(ours, stock, w):
@@ -160,28 +171,3 @@ def test_adamw_update_matches_numpy_and_keras(amsgrad):
     # Saved and restored as itself, settings kept.
     restored = keras.optimizers.deserialize(keras.optimizers.serialize(AdamW(**kwargs)))
     assert type(restored) is type(AdamW(**kwargs)) and restored.amsgrad == amsgrad
-
-
-@pytest.mark.parametrize("fused", [True, False])
-def test_adamw_torch_update_advances_weight_versions(monkeypatch, fused):
-    # Every in-place torch write advances the tensor's version counter,
-    # which autograd and the convolution-kernel cache
-    # (`layers.torch_conv_kernel`) rely on to see a weight change. ATen's
-    # fused AdamW kernel does not advance it by itself; our update must, as
-    # Keras's own optimizers' in-place ops do. (Both torch paths: the fused
-    # CPU kernel, and the multi-tensor one used on other devices.)
-    if keras.backend.backend() != "torch":
-        pytest.skip("torch version counters")
-    from keras_clip.optimizers import AdamW
-
-    optimizer = AdamW(learning_rate=0.1, weight_decay=0.1)
-    if not fused:
-        monkeypatch.setattr(AdamW, "_torch_fusable", lambda self, variables: False)
-    for stock in (keras.optimizers.AdamW(learning_rate=0.1), optimizer):
-        variables = [keras.Variable(np.ones((3, 3), "float32"), name="kernel"),
-                     keras.Variable(np.ones((3,), "float32"), name="bias")]
-        before = [v.value._version for v in variables]
-        grads = [keras.ops.ones(v.shape) for v in variables]
-        stock.apply(grads, variables)
-        after = [v.value._version for v in variables]
-        assert all(b > a for a, b in zip(before, after)), (type(stock), before, after)

@@ -52,3 +52,14 @@ def test_sparse_and_missing_values_are_drawn_where_they_were_logged(tmp_path):
     history = {"loss": [3.0, 2.0, 1.5, 1.2], "heldout_top1": [0.2, 0.4],
                "val_retrieval_i2t_r1": [float("nan"), 0.3, float("nan"), 0.5]}
     assert min(png_size(plots.training_curves(history, str(tmp_path / "s.png")))) > 100
+
+
+def test_skipped_samples_and_non_finite_epochs_are_shown(tmp_path):
+    history = {"loss": [3.0, float("nan")], "skipped_samples": [2.0, 2.0],
+               "heldout_top1": [0.1, 0.2]}
+    assert [t for t, _ in plots._curve_panels(history)] == [
+        "contrastive loss", "skipped samples (per epoch)", "evaluation"]
+    # The failed epoch is marked, not silently left out.
+    assert plots.non_finite_epochs(history) == [2]
+    assert plots.non_finite_epochs({"loss": [1.0], "val_retrieval_i2t_r1": [float("nan")]}) == []
+    assert min(png_size(plots.training_curves(history, str(tmp_path / "f.png")))) > 100

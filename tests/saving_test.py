@@ -34,11 +34,16 @@ def test_round_trip_across_backends(tmp_path):
     here = keras.backend.backend()
     others = [b for b in BACKENDS if b != here]
     names = ["tiny-vit", "tiny-resnet"]
+    # Options of the loss that every backend must keep when it loads the
+    # file, trains with it and saves it again.
+    losses = {"tiny-vit": {"label_smoothing": 0.1, "chunk_size": 3, "micro_batches": 2},
+              "tiny-resnet": {"label_smoothing": 0.2, "chunk_size": None, "micro_batches": None}}
     for name in names:
         keras.utils.set_random_seed(0)
         model = keras_clip.CLIPModel.from_preset(name)
         images, ids = synthetic_pairs(model.config, 8)
-        model.compile(optimizer=keras_clip.make_optimizer(model, total_steps=20, learning_rate=1e-3, warmup_steps=2))
+        model.compile(optimizer=keras_clip.make_optimizer(model, total_steps=20, learning_rate=1e-3, warmup_steps=2),
+                      loss=keras_clip.ContrastiveLoss(**losses[name]))
         model.fit(dataset(images, ids, 8), steps_per_epoch=3, epochs=1, verbose=0)
         model.save(str(tmp_path / f"{name}.keras"))
         np.savez(
@@ -68,6 +73,7 @@ def test_round_trip_across_backends(tmp_path):
         for name in names:
             data = np.load(tmp_path / f"{name}.{backend}.npz")
             loaded = keras.saving.load_model(str(tmp_path / f"{name}.{backend}.keras"))
+            assert loaded.loss.get_config() == losses[name], (backend, name)
             images = np.load(tmp_path / f"{name}.npz")["images"]
             ids = np.load(tmp_path / f"{name}.npz")["token_ids"]
             np.testing.assert_allclose(logits_of(loaded, images, ids), data["logits"], atol=1e-5, rtol=1e-5)
@@ -141,3 +147,55 @@ def test_users_optimizer_class_survives_saving(tmp_path):
     path = str(tmp_path / "custom.keras")
     model.save(path)
     assert isinstance(keras.saving.load_model(path).optimizer, SlowSGD)
+
+
+def test_loss_options_survive_saving(tmp_path):
+    # The loss object travels in the compile config: the loaded model has
+    # the same options, computes the same loss and trains on.
+    keras.utils.set_random_seed(5)
+    model = keras_clip.CLIPModel.from_preset("tiny-vit")
+    images, ids = synthetic_pairs(model.config, 8)
+    x = {"images": images, "token_ids": ids}
+    options = {"label_smoothing": 0.15, "chunk_size": 3, "micro_batches": 2}
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss=keras_clip.ContrastiveLoss(**options),
+                  exclude_from_weight_decay=False)
+    model.fit(x, batch_size=8, epochs=1, verbose=0)
+    config = model.get_compile_config()
+    assert config["loss"]["config"] == options
+    assert config["exclude_from_weight_decay"] is False
+    # The options live in the loss object only, not beside it.
+    assert not {"label_smoothing", "loss_chunk_size", "micro_batches"} & set(config)
+    path = str(tmp_path / "options.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert isinstance(loaded.loss, keras_clip.ContrastiveLoss)
+    assert loaded.loss.get_config() == options
+    assert loaded.exclude_from_weight_decay is False
+    want = model.evaluate(x, batch_size=8, verbose=0, return_dict=True)
+    got = loaded.evaluate(x, batch_size=8, verbose=0, return_dict=True)
+    for key in ("loss", "i2t_accuracy", "t2i_accuracy"):
+        assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-6), key
+    logs = loaded.fit(x, batch_size=8, epochs=1, verbose=0).history
+    assert np.isfinite(logs["loss"]).all()
+    assert int(to_np(loaded.optimizer.iterations)) == 2
+
+
+def test_compile_config_saved_before_the_loss_object_builds_the_default_loss(tmp_path):
+    # tests/data/main_2026_12_06_tiny-vit.keras was saved with the loss
+    # options as compile keyword arguments (loss=None, label_smoothing=0.0,
+    # loss_chunk_size=None, micro_batches=None); loading builds the loss
+    # object from them, and the file saved again holds that object.
+    data = os.path.join(ROOT, "tests", "data")
+    model = keras.saving.load_model(os.path.join(data, "main_2026_12_06_tiny-vit.keras"))
+    assert model.loss.get_config() == keras_clip.ContrastiveLoss().get_config()
+    assert model.exclude_from_weight_decay is True
+    path = str(tmp_path / "resaved.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert loaded.get_compile_config()["loss"]["class_name"] == "ContrastiveLoss"
+    assert loaded.loss.get_config() == model.loss.get_config()
+    saved = np.load(os.path.join(data, "main_2026_12_06_tiny-vit.npz"))
+    logs = loaded.fit({"images": saved["images"], "token_ids": saved["token_ids"]},
+                      batch_size=8, epochs=1, verbose=0).history
+    assert np.isfinite(logs["loss"]).all()
+    assert int(to_np(loaded.optimizer.iterations)) == int(saved["iterations"]) + 1

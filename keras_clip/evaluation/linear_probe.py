@@ -192,9 +192,12 @@ def linear_probe(train_features, train_labels, test_features, test_labels,
         [np.asarray(train_labels), np.asarray(val_labels), np.asarray(test_labels)]
     )
     num_classes = int(all_labels.max()) + 1
-    l2_values = sorted(
-        (float(v) for v in (l2_values or DEFAULT_L2_VALUES)), reverse=True
-    )
+    # `None` means the default sweep; any sequence or array of values is
+    # taken as given (a NumPy array has no truth value).
+    values = DEFAULT_L2_VALUES if l2_values is None else np.ravel(l2_values)
+    if len(values) == 0:
+        raise ValueError("Expected at least one value in `l2_values`. Received: none")
+    l2_values = sorted((float(v) for v in values), reverse=True)
     scores, init = {}, None
     for l2 in l2_values:
         init = fit_logistic_regression(

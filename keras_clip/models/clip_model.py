@@ -3,17 +3,13 @@
 import keras
 import numpy as np
 from keras import ops
-from keras.src.backend.common.stateless_scope import in_stateless_scope
-from keras.src.backend.common.variables import AutocastScope, get_autocast_scope
 
+from keras_clip import backends
 from keras_clip import distributed
 from keras_clip.models import config as configs
-from keras_clip.models import layers as clip_layers
 from keras_clip.losses import (
-    _check_label_smoothing,
-    chunked_contrastive_loss,
+    ContrastiveLoss,
     clip_logits,
-    contrastive_loss,
     l2_normalize,
 )
 from keras_clip.models.modified_resnet import ModifiedResNet
@@ -58,63 +54,60 @@ class LastValue(keras.metrics.Metric):
 _INTEGER_DTYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32")
 
 
-def _project(layer, features):
-    """A projection `Dense` (no bias) applied to a tower's features. On
-    torch, one `F.linear` instead of the layer's `__call__` (input
-    conversion, dtype policy, autocast scope, hooks: ~0.1-0.2 ms per eager
-    call, a tenth of a small model's inference); the kernel is cast to the
-    features' dtype as the autocast scope would."""
-    if clip_layers._TORCH and clip_layers.torch_fusable((layer,)):
-        return clip_layers.torch_linear(ops.convert_to_tensor(features), layer)
-    return layer(features)
+def tokenizer_fields(tokenizer, overrides=None):
+    """The `CLIPConfig` fields a tokenizer fixes: `vocabulary_size`,
+    `eot_token_id` and `context_length` (those it knows).
 
-
-def _tower(tower, inputs, training):
-    """`tower(inputs, training=training)`, skipping `Layer.__call__` on torch
-    inference.
-
-    On torch each eager `Layer.__call__` of a tower costs ~0.1-0.2 ms
-    (torch's module dispatch, then Keras's input conversion, name scope,
-    call context, mask and loss bookkeeping over every sublayer), as much
-    as a small model's whole batch-1 inference spends outside its kernels.
-    For inference of a built tower, only two of its steps change the
-    result, and they are done here: float inputs are cast to the compute
-    dtype, and under a mixed policy the tower's `call` runs in the autocast
-    scope that `__call__` would open (sublayers read their weights through
-    it). Training, towers with torch forward hooks (so that hooks
-    registered on a tower still fire), symbolic or stateless calls and
-    calls inside another autocast scope keep `__call__`.
+    An entry of `overrides` that contradicts the tokenizer is a `ValueError`
+    naming both; a larger `vocabulary_size` (a padded embedding table) is
+    allowed.
     """
-    if clip_layers._TORCH and not training:
-        if isinstance(inputs, np.ndarray):
-            inputs = ops.convert_to_tensor(inputs)  # as `__call__` would
-        if _plain_torch_call(tower, inputs):
-            compute = tower.compute_dtype
-            if inputs.is_floating_point() and keras.backend.standardize_dtype(inputs.dtype) != compute:
-                inputs = ops.cast(inputs, compute)
-            kwargs = {"training": False} if tower._call_has_training_arg else {}
-            if compute == tower.variable_dtype:
-                return tower.call(inputs, **kwargs)
-            with AutocastScope(compute):
-                return tower.call(inputs, **kwargs)
-    return tower(inputs, training=training)
+    overrides = overrides or {}
+    fields = {}
+    for field, attribute in (("vocabulary_size", "vocabulary_size"),
+                             ("eot_token_id", "eot_token_id"),
+                             ("context_length", "context_length")):
+        try:
+            value = getattr(tokenizer, attribute, None)
+        except Exception:  # a tokenizer without a vocabulary yet
+            value = None
+        if value is None:
+            continue
+        given = overrides.get(field)
+        fits = given is None or given == value or (field == "vocabulary_size" and given > value)
+        if not fits:
+            raise ValueError(
+                f"`{field}={given}` contradicts the tokenizer's {field} {int(value)}. "
+                f"Leave `{field}` out to take the tokenizer's."
+            )
+        fields[field] = int(value)
+    return fields
 
 
-def _plain_torch_call(layer, inputs):
-    """Whether `_tower` may run `layer.call(inputs)` without `__call__`."""
-    import torch
-    from torch.nn.modules import module as torch_module
-
-    return (
-        layer.built
-        and layer.autocast
-        and isinstance(inputs, torch.Tensor)
-        and inputs.device.type != "meta"
-        and get_autocast_scope() is None
-        and not in_stateless_scope()
-        and not (layer._forward_hooks or layer._forward_pre_hooks)
-        and not (torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks)
-    )
+def _check_tokenizer_fits(config, tokenizer):
+    """Refuses a tokenizer whose ids the model would read wrongly."""
+    if tokenizer is None:
+        return
+    try:
+        fields = tokenizer_fields(tokenizer)
+    except Exception:
+        return
+    problems = []
+    if fields.get("vocabulary_size", 0) > config.vocabulary_size:
+        problems.append(f"vocabulary_size {fields['vocabulary_size']} > the model's "
+                        f"{config.vocabulary_size}")
+    if "eot_token_id" in fields and fields["eot_token_id"] != config.eot_token_id:
+        problems.append(f"end-of-text id {fields['eot_token_id']} != the model's "
+                        f"{config.eot_token_id}")
+    if "context_length" in fields and fields["context_length"] != config.context_length:
+        problems.append(f"context_length {fields['context_length']} != the model's "
+                        f"{config.context_length}")
+    if problems:
+        raise ValueError(
+            "The tokenizer does not fit the model: " + "; ".join(problems) + ". Build "
+            "the model from the tokenizer (`CLIPModel.from_preset(name, tokenizer=tokenizer)`) "
+            "or use the model's own tokenizer."
+        )
 
 
 @keras.saving.register_keras_serializable(package="keras_clip")
@@ -127,24 +120,34 @@ class CLIPModel(keras.Model):
     a learnable temperature, stored as `logit_scale = log(scale)`, initialised
     to `ln(1 / 0.07)` and clamped at `ln(100)` after every optimiser update.
 
-    `fit` trains with the symmetric contrastive loss over each batch (no
-    `loss` is passed to `compile`) and logs `loss`, `i2t_accuracy`,
-    `t2i_accuracy` and `logit_scale`.
+    `fit` trains with the symmetric contrastive loss over each (global)
+    batch, `model.loss`, a `keras_clip.ContrastiveLoss` that `compile` takes
+    or builds, and logs `loss`, `i2t_accuracy`, `t2i_accuracy` and
+    `logit_scale`.
 
     Args:
         config: a `keras_clip.CLIPConfig` or its dict.
         tokenizer: optional tokenizer layer saved with the model (its
-            vocabulary travels inside the `.keras` file).
+            vocabulary travels inside the `.keras` file). Its vocabulary
+            must fit the model's, with the same end-of-text id and context
+            length (`from_preset(name, tokenizer=...)` takes them from it).
+        prompt_templates: optional list of prompt templates ("{}" marks the
+            label) that this model was trained to read, saved with it;
+            `keras_clip.zero_shot` uses them when the caller gives none.
 
     Call arguments:
         inputs: dict with `"images"`, float32 `(B, H, W, 3)` already
             normalised, and `"token_ids"`, int32 `(B, L)` with
             `L <= context_length`, padded with 0.
-        training: whether batch-norm layers use batch statistics.
+        training: whether batch-norm layers use batch statistics. When
+            training, the towers run in `model.loss.micro_batches` slices
+            and only the embeddings come out (the loss builds its own
+            logits, this replica's rows, whole or in chunks).
 
     Returns:
         dict with `"logits_per_image"` `(B_img, B_txt)` and
-        `"logits_per_text"` `(B_txt, B_img)`, float32.
+        `"logits_per_text"` `(B_txt, B_img)`, float32, and the unit
+        `"image_embeddings"` and `"text_embeddings"`.
 
     Example:
 
@@ -155,7 +158,7 @@ class CLIPModel(keras.Model):
     ```
     """
 
-    def __init__(self, config=None, tokenizer=None, **kwargs):
+    def __init__(self, config=None, tokenizer=None, prompt_templates=None, **kwargs):
         super().__init__(**kwargs)
         if config is None:
             config = configs.CLIPConfig()
@@ -167,7 +170,11 @@ class CLIPModel(keras.Model):
                 f"Received: config of type {type(config).__name__}"
             )
         self.config = config
+        _check_tokenizer_fits(config, tokenizer)
         self.tokenizer = tokenizer
+        self.prompt_templates = (
+            None if prompt_templates is None else [str(t) for t in prompt_templates]
+        )
         c = config
         policy = self.dtype_policy
         if c.vision == "vit":
@@ -262,14 +269,21 @@ class CLIPModel(keras.Model):
                 "tiny-vit", ...), or open_clip's name of the same
                 architecture ("ViT-B-32", "ViT-B-32-quickgelu",
                 "RN50-quickgelu"; `configs.get_preset`).
-            tokenizer: optional tokenizer to carry.
+            tokenizer: optional tokenizer to carry. The model then takes its
+                `vocabulary_size`, `eot_token_id` and `context_length`
+                from it, unless overridden; an override that contradicts
+                the tokenizer is a `ValueError` naming both.
             **overrides: `CLIPConfig` fields to change, e.g.
                 `vocabulary_size=8000, activation="gelu"`; `dtype` goes to
-                the model (a dtype policy name such as "mixed_bfloat16").
+                the model (a dtype policy name such as "mixed_bfloat16");
+                `prompt_templates` to the model.
         """
         dtype = overrides.pop("dtype", None)
+        templates = overrides.pop("prompt_templates", None)
+        overrides = {**tokenizer_fields(tokenizer, overrides), **overrides}
         config = configs.get_preset(name, **overrides)
-        return cls(config=config, tokenizer=tokenizer, dtype=dtype)
+        return cls(config=config, tokenizer=tokenizer, prompt_templates=templates,
+                   dtype=dtype)
 
     # ---- input checks ---------------------------------------------------
 
@@ -318,6 +332,21 @@ class CLIPModel(keras.Model):
                 f"`token_ids` are longer than the context length {context}. "
                 f"Received: token_ids.shape={shape}"
             )
+        self._check_token_range(token_ids)
+
+    def _check_token_range(self, token_ids):
+        # Where the values are known now (NumPy, eager tensors); inside a
+        # compiled program they are not, and an id out of range is then
+        # whatever the backend's gather does (docs/design.md, "The model").
+        known = backends.value_range(token_ids)
+        vocabulary = self.config.vocabulary_size
+        if known is not None and (known[0] < 0 or known[1] >= vocabulary):
+            raise ValueError(
+                f"Expected token ids in [0, {vocabulary}) (the model's vocabulary). "
+                f"Received: ids from {known[0]} to {known[1]}. Tokenize with the "
+                "model's tokenizer (`model.tokenizer`), or build the model from "
+                "your tokenizer (`CLIPModel.from_preset(name, tokenizer=...)`)."
+            )
 
     # ---- inference --------------------------------------------------------
 
@@ -352,88 +381,57 @@ class CLIPModel(keras.Model):
             training: batch-norm mode (ResNet).
         """
         self._check_images(images)
-        compiled = self._compiled_encoder("image", normalize, images, training)
-        if compiled is not None:
-            return compiled(images)
         return self._encode_image(images, normalize, training)
 
+    # Fast paths (keras_clip.backends): torch skips the tower's
+    # `Layer.__call__` in inference; TF and JAX compile eager inference.
+    @backends.fast_path
     def _encode_image(self, images, normalize, training):
-        features = _tower(self.image_encoder, images, training)  # (B, W)
+        features = self.image_encoder(images, training=training)  # (B, W)
         if self.image_projection is not None:
-            features = _project(self.image_projection, features)  # (B, E)
+            features = self.image_projection(features)  # (B, E)
         return l2_normalize(features) if normalize else features
 
     def encode_text(self, token_ids, normalize=True, training=False):
         """Text embeddings `(B, embed_dim)`, unit length by default.
 
         Args:
-            token_ids: int `(B, L)`, `L <= context_length`, padded with 0.
+            token_ids: int `(B, L)`, `L <= context_length`, padded with 0;
+                or texts (a string or a list of strings), which the model's
+                tokenizer turns into ids.
             normalize: L2-normalise (in float32).
         """
+        token_ids = self._ids_from_texts(token_ids)
         self._check_token_ids(token_ids)
-        compiled = self._compiled_encoder("text", normalize, token_ids, training)
-        if compiled is not None:
-            return compiled(token_ids)
         return self._encode_text(token_ids, normalize, training)
 
+    def _ids_from_texts(self, token_ids):
+        """Token ids for texts given as a string or a list of strings."""
+        if isinstance(token_ids, str):
+            token_ids = [token_ids]
+        texts = isinstance(token_ids, (list, tuple)) and token_ids and all(
+            isinstance(t, str) for t in token_ids
+        )
+        if not texts and not (isinstance(token_ids, np.ndarray) and token_ids.dtype.kind in "US"):
+            return token_ids
+        if self.tokenizer is None:
+            raise ValueError(
+                "Expected integer token ids, or texts and a model with a tokenizer. "
+                "Received: texts, and `model.tokenizer` is None. Tokenize them first "
+                "or attach a tokenizer (`CLIPModel(config, tokenizer=...)`)."
+            )
+        return np.asarray(self.tokenizer([str(t) for t in np.ravel(token_ids)]))
+
+    @backends.fast_path  # as `_encode_image`
     def _encode_text(self, token_ids, normalize, training):
-        features = _tower(self.text_encoder, token_ids, training)  # (B, W)
-        features = _project(self.text_projection, features)  # (B, E)
+        features = self.text_encoder(token_ids, training=training)  # (B, W)
+        features = self.text_projection(features)  # (B, E)
         return l2_normalize(features) if normalize else features
 
-    def _compiled_encoder(self, tower, normalize, inputs, training):
-        """A compiled inference function for one tower, or `None` for eager.
-
-        Called with concrete inputs outside any trace, `encode_image` /
-        `encode_text` run as one compiled program (`tf.function` or
-        `jax.jit`), as `predict` does, instead of op by op. Eager when
-        training, when `run_eagerly` or (JAX) `jit_compile=False` is set,
-        inside a trace, and on torch (whose eager kernels are what open_clip
-        runs too). On TF the program uses XLA unless `jit_compile=False` was
-        asked for (see `_tf_encoder_xla`).
-        """
-        if training or self.run_eagerly:
-            return None
-        backend = keras.backend.backend()
-        if backend == "tensorflow":
-            import tensorflow as tf
-
-            if not tf.executing_eagerly() or isinstance(inputs, keras.KerasTensor):
-                return None
-        elif backend == "jax":
-            import jax
-
-            if (
-                isinstance(inputs, (jax.core.Tracer, keras.KerasTensor))
-                or in_stateless_scope()
-                or not self.jit_compile
-            ):
-                return None
-        else:
-            return None
-        if not self.built:
-            return None
-        cache = self.__dict__.setdefault("_compiled_encoders", {})
-        xla = backend == "tensorflow" and self._tf_encoder_xla()
-        key = (tower, bool(normalize), xla)
-        if key not in cache:
-            cache[key] = self._make_compiled_encoder(tower, bool(normalize), backend, xla)
-        return cache[key]
-
     def _tf_encoder_xla(self):
-        """Whether TF's compiled encoders use XLA.
-
-        Yes unless `jit_compile=False` was asked for, through `compile` or
-        by setting `model.jit_compile`. Keras's "auto" turns XLA off on
-        machines with only CPUs, for `fit` and `predict`; the encoders run
-        inference only, where XLA on this 2-core CPU was 1.1-2.8x faster for
-        the small models (tiny-vit batch 32: 6.0 -> 3.1 ms images, 5.7 ->
-        2.7 ms text) and mostly level or faster for ViT-B/32 and RN50, for
-        0.5-2 s more compilation per input shape (README, "Performance
-        against open_clip").
-        """
-        requested = getattr(self, "_requested_jit_compile", "auto")
-        return True if requested == "auto" else bool(requested)
+        """Whether TF's compiled encoders use XLA; kept for callers of this
+        name: `keras_clip.backends.compiled_encoders_use_xla(model)`."""
+        return backends.compiled_encoders_use_xla(self)
 
     def __setattr__(self, name, value):
         if name == "jit_compile":
@@ -445,33 +443,6 @@ class CLIPModel(keras.Model):
             super().__setattr__("_requested_jit_compile", value)
         super().__setattr__(name, value)
 
-    def _make_compiled_encoder(self, tower, normalize, backend, xla=False):
-        if tower == "image":
-            layers = [self.image_encoder, self.image_projection]
-
-            def encode(x):
-                return self._encode_image(x, normalize, False)
-        else:
-            layers = [self.text_encoder, self.text_projection]
-
-            def encode(x):
-                return self._encode_text(x, normalize, False)
-
-        if backend == "tensorflow":
-            import tensorflow as tf
-
-            return tf.function(encode, jit_compile=xla, reduce_retracing=True)
-        import jax
-
-        variables = [v for layer in layers if layer is not None for v in layer.variables]
-
-        def stateless(values, x):
-            with keras.StatelessScope(state_mapping=list(zip(variables, values))):
-                return encode(x)
-
-        jitted = jax.jit(stateless)
-        return lambda x: jitted([v.value for v in variables], x)
-
     def call(self, inputs, training=None):
         if not isinstance(inputs, dict) or not {"images", "token_ids"} <= set(
             inputs
@@ -481,16 +452,20 @@ class CLIPModel(keras.Model):
                 "CLIPModel expects a dict with keys 'images' and 'token_ids'. "
                 f"Received: {got}"
             )
-        micro = getattr(self, "_micro_batches", None)
-        if training and micro and micro > 1:
+        # Inference scores any images against any texts; training pairs them.
+        n_images, n_texts = inputs["images"].shape[0], inputs["token_ids"].shape[0]
+        if training and n_images is not None and n_texts is not None and n_images != n_texts:
+            raise ValueError(
+                "Expected as many images as token id rows (one caption per image). "
+                f"Received: {n_images} images and {n_texts} token id rows."
+            )
+        micro = self.loss.micro_batches if training and self.loss is not None else None
+        if micro and micro > 1:
             image, text = self._encode_in_micro_batches(inputs, micro)
         else:
             image = self.encode_image(inputs["images"], training=training)
             text = self.encode_text(inputs["token_ids"], training=training)
-        if training and (
-            getattr(self, "_loss_chunk_size", None)
-            or distributed.replica_context().active
-        ):
+        if training:
             # The loss builds its own (sharded / chunked) logits: never
             # materialise the full matrix here.
             return {"image_embeddings": image, "text_embeddings": text}
@@ -500,7 +475,6 @@ class CLIPModel(keras.Model):
         return {
             "logits_per_image": logits,
             "logits_per_text": ops.transpose(logits),
-            # Unit embeddings, for the loss across replicas / in chunks.
             "image_embeddings": image,
             "text_embeddings": text,
         }
@@ -541,85 +515,84 @@ class CLIPModel(keras.Model):
 
     # ---- training -----------------------------------------------------
 
+    def fit(self, x=None, y=None, batch_size=None, **kwargs):
+        """`keras.Model.fit`, refusing what cannot train a contrastive model.
+
+        A batch of one pair has no negatives (its loss is 0 whatever the
+        weights): `batch_size` below 2 is a `ValueError`. For in-memory
+        inputs (a dict of arrays) the images and token ids must come in the
+        same number and the ids must lie in the model's vocabulary.
+        """
+        if batch_size is not None and batch_size < 2:
+            raise ValueError(
+                "Expected `batch_size` >= 2: a contrastive batch of one pair has no "
+                f"negatives and learns nothing. Received: batch_size={batch_size}"
+            )
+        if isinstance(x, dict) and {"images", "token_ids"} <= set(x):
+            images, ids = x["images"], x["token_ids"]
+            shapes = getattr(images, "shape", None), getattr(ids, "shape", None)
+            if None not in shapes and len(shapes[0]) and len(shapes[1]):
+                if shapes[0][0] != shapes[1][0]:
+                    raise ValueError(
+                        "Expected as many images as token id rows (one caption per "
+                        f"image). Received: {shapes[0][0]} images and {shapes[1][0]} "
+                        "token id rows."
+                    )
+                if shapes[0][0] is not None and shapes[0][0] < 2:
+                    raise ValueError(
+                        "Expected at least 2 image-caption pairs: a contrastive batch "
+                        f"of one has no negatives. Received: {shapes[0][0]}"
+                    )
+            self._check_token_range(ids)
+        return super().fit(x, y, batch_size=batch_size, **kwargs)
+
     def compute_loss(
         self, x=None, y=None, y_pred=None, sample_weight=None, training=True
     ):
-        context = distributed.replica_context()
-        chunk = getattr(self, "_loss_chunk_size", None)
-        smoothing = getattr(self, "_label_smoothing", 0.0)
-        if context.active or chunk:
-            image = y_pred["image_embeddings"]
-            text = y_pred["text_embeddings"]
-            local = ops.shape(image)[0]
-            # Global negatives: this replica's rows against the whole batch.
-            all_image = distributed.all_gather(image, context)
-            all_text = distributed.all_gather(text, context)
-            labels = context.index * local + ops.arange(local, dtype="int32")
-            scale = ops.exp(
-                ops.minimum(self.logit_scale, self.config.logit_scale_max)
-            )
-            if chunk:
-                loss, i2t, t2i = chunked_contrastive_loss(
-                    image, text, scale, chunk, labels, all_image, all_text,
-                    label_smoothing=smoothing,
-                )
-            else:
-                loss, i2t, t2i = contrastive_loss(
-                    *distributed.sharded_logits(
-                        image, text, all_image, all_text, scale
-                    ),
-                    labels=labels,
-                    label_smoothing=smoothing,
-                )
-        else:
-            loss, i2t, t2i = contrastive_loss(
-                y_pred["logits_per_image"], y_pred["logits_per_text"],
-                label_smoothing=smoothing,
-            )
-        if context.active and context.backend == "torch":
-            # Report the global batch's accuracies on every rank.
-            i2t, t2i = distributed.all_reduce_mean(
-                [ops.stop_gradient(i2t) + 0.0, ops.stop_gradient(t2i) + 0.0], context
-            )
-        self.i2t_accuracy.update_state(i2t)
-        self.t2i_accuracy.update_state(t2i)
+        # Uncompiled (e.g. `compute_loss` called by hand): the paper's loss.
+        loss_fn = self.loss if self.loss is not None else ContrastiveLoss()
+        scale = ops.exp(
+            ops.minimum(self.logit_scale, self.config.logit_scale_max)
+        )
+        loss, metrics = loss_fn(
+            y_pred["image_embeddings"], y_pred["text_embeddings"], scale
+        )
+        self.i2t_accuracy.update_state(metrics["i2t_accuracy"])
+        self.t2i_accuracy.update_state(metrics["t2i_accuracy"])
         self.logit_scale_tracker.update_state(ops.exp(self.logit_scale))
         for extra in self.losses:  # e.g. activity regularisers.
-            loss = loss + ops.cast(ops.sum(extra), "float32")
-        # tf.distribute sums replica gradients: differentiate loss / replicas.
-        return distributed.scale_loss(loss, context)
+            # Keras's own aggregation: float32 and, under tf.distribute,
+            # divided by the replicas as the contrastive loss is.
+            loss = loss + self._aggregate_additional_loss(extra)
+        return loss
 
     def train_step(self, *args, **kwargs):
-        if keras.backend.backend() == "torch":
-            context = distributed.replica_context()
-            if context.active:
-                return self._torch_distributed_train_step(context, *args)
+        if (
+            keras.backend.backend() == "torch"
+            and distributed.replica_context().active
+        ):
+            return self._torch_distributed_train_step(*args)
         return super().train_step(*args, **kwargs)
 
-    def _torch_distributed_train_step(self, context, data):
+    def _torch_distributed_train_step(self, data):
         """Keras's torch step, with gradients averaged over processes.
 
         Every rank sees its shard of the global batch; the loss gathers the
-        embeddings with a gradient, and averaging the parameter gradients
-        makes every rank apply the same update (the data-parallel contract
-        that DDP gives plain torch modules).
+        embeddings with a gradient and reports the global batch's value,
+        and averaging the parameter gradients makes every rank apply the
+        same update (the data-parallel contract that DDP gives plain torch
+        modules).
         """
-        import torch
+        import torch  # torch's step: the update runs outside autograd.
 
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
         y_pred = self(x, training=True)
         self.zero_grad()
         loss = self._compute_loss(x=x, y_pred=y_pred, training=True)
-        # The logged loss is the global one: the mean over ranks.
-        logged = distributed.all_reduce_mean([loss.detach().clone()], context)[0]
-        self._loss_tracker.update_state(logged, sample_weight=x["images"].shape[0])
-        if self.optimizer is not None:
-            loss = self.optimizer.scale_loss(loss)
-        loss.backward()
+        self._loss_tracker.update_state(loss, sample_weight=x["images"].shape[0])
+        self.optimizer.scale_loss(loss).backward()
         weights = self.trainable_weights[:]
-        grads = [v.value.grad for v in weights]
-        grads = [g if g is not None else torch.zeros_like(v.value) for g, v in zip(grads, weights)]
-        distributed.all_reduce_mean(grads, context)
+        grads = distributed.average_gradients(weights, distributed.replica_context())
         with torch.no_grad():
             self.optimizer.apply(grads, weights)
         return self.compute_metrics(x, None, y_pred, sample_weight=None)
@@ -627,68 +600,84 @@ class CLIPModel(keras.Model):
     def compile(
         self,
         optimizer="adamw",
+        loss=None,
         exclude_from_weight_decay=True,
         loss_chunk_size=None,
         micro_batches=None,
-        label_smoothing=0.0,
+        label_smoothing=None,
         **kwargs,
     ):
-        """Configures training; takes no `loss` (the model owns its loss).
+        """Configures training with an optimizer and the contrastive loss.
 
         Args:
             optimizer: an optimizer; see `keras_clip.make_optimizer` for the
                 paper's AdamW with warm-up + cosine schedule.
+            loss: a `keras_clip.ContrastiveLoss` holding the loss options
+                (label smoothing, chunks, micro-batches), or `None` for one
+                built from the three keyword arguments below. Kept as
+                `model.loss` and saved in the compile config, so a loaded
+                model trains with the same options.
             exclude_from_weight_decay: no decay on gains, biases, embeddings
                 or the temperature (open_clip's trainer does decay the 2-D
-                token and positional embeddings). Applied again on every
+                token and positional embeddings). Kept as
+                `model.exclude_from_weight_decay` and applied again on every
                 `compile`, so it survives `load_model`.
-            loss_chunk_size: int or `None`; computes the loss in blocks of
-                this many rows, each recomputed in the backward pass, so at
-                most `(loss_chunk_size, global batch)` logits are alive at a
-                time (`keras_clip.losses.chunked_contrastive_loss`). Same
-                value and gradients; for very large batches. Measured to
-                save memory on torch; under XLA (TF, JAX) the unrolled blocks
-                do not yet (README, "Scaling out").
-            micro_batches: int or `None`; negative-preserving gradient
-                accumulation: each batch runs through the towers in this many
-                slices whose activations are recomputed in the backward pass,
-                and the loss sees all of the batch's negatives. Same loss and
-                gradients as the whole batch at once, with the activation
-                memory of one slice. (Keras's optimizer-level
-                `gradient_accumulation_steps` instead averages the gradients
-                of separate small batches: fewer negatives, a different loss.)
-            label_smoothing: float in [0, 1); both cross-entropies aim at
-                `1 - label_smoothing` on the positive plus
-                `label_smoothing` spread over the whole (global) batch's
-                columns. 0, the paper's loss, by default; the demo uses
-                0.2 (README, "Further tries").
+            loss_chunk_size: kept for compatibility (and for files saved
+                before the loss object): `ContrastiveLoss(chunk_size=...)`.
+            micro_batches: kept for compatibility:
+                `ContrastiveLoss(micro_batches=...)`.
+            label_smoothing: kept for compatibility:
+                `ContrastiveLoss(label_smoothing=...)`.
             **kwargs: passed to `keras.Model.compile` (e.g. `jit_compile`,
                 `steps_per_execution`).
+
+        Example:
+
+        ```python
+        model.compile(
+            optimizer=keras_clip.make_optimizer(model, total_steps=1000),
+            loss=keras_clip.ContrastiveLoss(label_smoothing=0.1),
+        )
+        # The same training, with the older keyword arguments:
+        model.compile(
+            optimizer=keras_clip.make_optimizer(model, total_steps=1000),
+            label_smoothing=0.1,
+        )
+        ```
         """
-        if kwargs.get("loss") is not None:
-            raise ValueError(
-                "CLIPModel computes its own contrastive loss; do not pass "
-                f"`loss` to compile(). Received: loss={kwargs['loss']!r}"
+        options = {
+            "loss_chunk_size": loss_chunk_size,
+            "micro_batches": micro_batches,
+            "label_smoothing": label_smoothing,
+        }
+        given = {k: v for k, v in options.items() if v is not None}
+        if isinstance(loss, dict):
+            loss = keras.saving.deserialize_keras_object(loss)
+        if loss is None:
+            loss = ContrastiveLoss(
+                label_smoothing=0.0 if label_smoothing is None else label_smoothing,
+                chunk_size=loss_chunk_size,
+                micro_batches=micro_batches,
             )
-        kwargs.pop("loss", None)
+        elif not isinstance(loss, ContrastiveLoss):
+            raise ValueError(
+                "Expected `loss` to be a `keras_clip.ContrastiveLoss` or None: "
+                "CLIPModel computes its own contrastive loss; do not pass "
+                f"`loss` functions of labels. Received: loss={loss!r}"
+            )
+        elif given:
+            raise ValueError(
+                "Pass the loss options either in `loss=ContrastiveLoss(...)` "
+                "or as keyword arguments, not both. "
+                f"Received: loss={loss!r} and {given}"
+            )
         # "auto" resolves per backend (False under torch); remember what was
         # asked so a file saved under torch still compiles with XLA elsewhere.
         requested_jit_compile = kwargs.get("jit_compile", "auto")
-        for name, value in (
-            ("loss_chunk_size", loss_chunk_size),
-            ("micro_batches", micro_batches),
-        ):
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(
-                    f"Expected `{name}` to be a positive int or None. "
-                    f"Received: {value!r}"
-                )
-        self._label_smoothing = _check_label_smoothing(label_smoothing)
-        self._loss_chunk_size = loss_chunk_size
-        self._micro_batches = micro_batches
         super().compile(optimizer=optimizer, **kwargs)
+        self.loss = loss
         self._requested_jit_compile = requested_jit_compile
-        self._exclude_from_weight_decay = exclude_from_weight_decay
+        self.exclude_from_weight_decay = exclude_from_weight_decay
         # mixed_float16 wraps the optimizer in a LossScaleOptimizer, whose
         # own exclusion list the wrapped optimizer never reads.
         target = getattr(self.optimizer, "inner_optimizer", self.optimizer)
@@ -728,23 +717,44 @@ class CLIPModel(keras.Model):
             # public class so the file loads and trains on every backend.
             optimizer["module"] = "keras.optimizers"
             optimizer.pop("registered_name", None)
-        config["exclude_from_weight_decay"] = self._exclude_from_weight_decay
-        config["loss_chunk_size"] = getattr(self, "_loss_chunk_size", None)
-        config["micro_batches"] = getattr(self, "_micro_batches", None)
-        config["label_smoothing"] = getattr(self, "_label_smoothing", 0.0)
+        config["loss"] = keras.saving.serialize_keras_object(self.loss)
+        config["exclude_from_weight_decay"] = self.exclude_from_weight_decay
         if "jit_compile" in config:
             config["jit_compile"] = self._requested_jit_compile
         return config
 
     def compile_from_config(self, config):
+        # Files saved before `ContrastiveLoss` carry `loss=None` and the
+        # loss options as keyword arguments; `compile` takes both forms.
         config = keras.saving.deserialize_keras_object(config)
         self.compile(**config)
         if self.built:
             self.optimizer.build(self.trainable_variables)
 
+    def input_signature(self):
+        """The model's inputs as `keras.InputSpec`s, batch size free:
+        `{"images": (None, S, S, 3) float32, "token_ids": (None, L) int32}`."""
+        c = self.config
+        return {
+            "images": keras.InputSpec(shape=(None, c.image_size, c.image_size, 3), dtype="float32"),
+            "token_ids": keras.InputSpec(shape=(None, c.context_length), dtype="int32"),
+        }
+
+    def export(self, filepath, format="tf_saved_model", verbose=None, input_signature=None,
+               **kwargs):
+        """`keras.Model.export`, with the model's own input signature by
+        default (`input_signature()`), so a built model exports without one,
+        whether or not it was called, fitted or used to predict."""
+        if input_signature is None:
+            input_signature = [self.input_signature()]
+        return super().export(filepath, format=format, verbose=verbose,
+                              input_signature=input_signature, **kwargs)
+
     def get_config(self):
         config = super().get_config()
         config["config"] = self.config.to_dict()
+        if self.prompt_templates is not None:
+            config["prompt_templates"] = list(self.prompt_templates)
         if self.tokenizer is not None:
             config["tokenizer"] = keras.saving.serialize_keras_object(
                 self.tokenizer

@@ -3,10 +3,11 @@
 import keras
 from keras import ops
 
-from keras_clip.models import layers as clip_layers
-from keras_clip.models.layers import Transformer, layer_norm, sublayer
+from keras_clip import backends
+from keras_clip.models.layers import Transformer, layer_norm
 
 
+@backends.fast_path  # torch: direct torch calls (keras_clip.backends)
 def end_of_text_positions(token_ids, eot_token_id):
     """Index of the first `eot_token_id` in each row of `token_ids`.
 
@@ -22,20 +23,6 @@ def end_of_text_positions(token_ids, eot_token_id):
     Returns:
         `(B,)` int32 positions.
     """
-    if (
-        clip_layers._TORCH
-        and clip_layers.TORCH_FUSED_BLOCKS
-        and not isinstance(token_ids, keras.KerasTensor)
-    ):
-        # The same rule as direct torch calls (Keras's eager dispatch of
-        # the eight ops below costs more than they compute).
-        import torch
-
-        token_ids = ops.convert_to_tensor(token_ids)
-        is_eot = token_ids == eot_token_id
-        first_eot = is_eot.int().argmax(dim=1)
-        last_token = token_ids.shape[1] - 1 - (token_ids != 0).int().flip(1).argmax(dim=1)
-        return torch.where(is_eot.any(dim=1), first_eot, last_token).int()
     length = ops.shape(token_ids)[1]
     is_eot = ops.cast(ops.equal(token_ids, eot_token_id), "int32")
     first_eot = ops.argmax(is_eot, axis=1)
@@ -117,39 +104,15 @@ class TextTransformer(keras.layers.Layer):
         self.transformer.build((None, self.context_length, self.width))
         self.ln_final.build((None, self.width))
 
+    @backends.fast_path  # torch: fused (keras_clip.backends)
     def call(self, token_ids):
-        if clip_layers._TORCH and clip_layers.torch_fusable(
-            (self.token_embedding, self.ln_final)
-        ):
-            return self._torch_fused(token_ids)
         length = ops.shape(token_ids)[1]
-        x = sublayer(self.token_embedding, token_ids)  # (B, L, D)
+        x = self.token_embedding(token_ids)  # (B, L, D)
         pos = ops.cast(self.positional_embedding[:length], x.dtype)
-        x = sublayer(self.transformer, x + pos[None])  # (B, L, D)
+        x = self.transformer(x + pos[None])  # (B, L, D)
         positions = end_of_text_positions(token_ids, self.eot_token_id)
         x = ops.take_along_axis(x, positions[:, None, None], axis=1)[:, 0]
-        return sublayer(self.ln_final, x)  # (B, D)
-
-    def _torch_fused(self, token_ids):
-        """The tower's own ops (token lookup, positions, end-of-text
-        pooling, final layer norm) as direct torch calls around the fused
-        blocks: the same maths as `call`'s Keras ops without their
-        per-op dispatch, which dominates a small model's eager inference.
-        """
-        import torch
-        import torch.nn.functional as F
-
-        value = clip_layers.torch_value
-        token_ids = ops.convert_to_tensor(token_ids)
-        length = token_ids.shape[1]
-        table = value(self.token_embedding.embeddings, token_ids)
-        dtype = getattr(torch, self.token_embedding.compute_dtype)
-        x = F.embedding(token_ids, table).to(dtype)  # (B, L, D)
-        x = x + value(self.positional_embedding, x)[:length].to(x.dtype)
-        x = sublayer(self.transformer, x)  # (B, L, D)
-        positions = end_of_text_positions(token_ids, self.eot_token_id)
-        x = x[torch.arange(x.shape[0], device=x.device), positions]  # (B, D)
-        return clip_layers.torch_layer_norm(x, self.ln_final)
+        return self.ln_final(x)  # (B, D)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.width)

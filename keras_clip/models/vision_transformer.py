@@ -3,8 +3,8 @@
 import keras
 from keras import ops
 
-from keras_clip.models import layers as clip_layers
-from keras_clip.models.layers import Transformer, layer_norm, sublayer
+from keras_clip import backends
+from keras_clip.models.layers import Transformer, layer_norm
 
 
 @keras.saving.register_keras_serializable(package="keras_clip")
@@ -97,48 +97,18 @@ class VisionTransformer(keras.layers.Layer):
         self.transformer.build(tokens)
         self.ln_post.build((None, self.width))
 
+    @backends.fast_path  # torch: fused (keras_clip.backends)
     def call(self, images):
-        if clip_layers._TORCH and clip_layers.torch_fusable(
-            (self.patch_embedding, self.ln_pre, self.ln_post)
-        ):
-            return self._torch_fused(images)
-        x = sublayer(self.patch_embedding, images)  # (B, G, G, D)
+        x = self.patch_embedding(images)  # (B, G, G, D)
         batch = ops.shape(x)[0]
         x = ops.reshape(x, (batch, self.grid_size**2, self.width))  # (B, N, D)
         cls = ops.cast(self.class_embedding, x.dtype)
         cls = ops.broadcast_to(cls[None, None, :], (batch, 1, self.width))
         x = ops.concatenate([cls, x], axis=1)  # (B, N + 1, D)
         x = x + ops.cast(self.positional_embedding, x.dtype)[None]
-        x = sublayer(self.ln_pre, x)
-        x = sublayer(self.transformer, x)  # (B, N + 1, D)
-        return sublayer(self.ln_post, x[:, 0])  # (B, D)
-
-    def _torch_fused(self, images):
-        """The tower's own ops (patch convolution, class token, positions,
-        both layer norms) as direct torch calls around the fused blocks.
-
-        Keras's torch `Conv2D` copies its input twice and each Keras op
-        pays ~10-30 us of dispatch; at a small model's size that is a
-        third of an eager inference call. Here the patch convolution is one
-        `F.conv2d` on the NCHW view of the images with the kernel read as
-        `(out, in, kh, kw)` (`layers.torch_conv_kernel`); its `(B, D, G, G)`
-        output flattened to `(B, G * G, D)` orders patches row by row as the
-        Keras path does.
-        """
-        import torch
-        import torch.nn.functional as F
-
-        value = clip_layers.torch_value
-        images = ops.convert_to_tensor(images)
-        kernel = clip_layers.torch_conv_kernel(self.patch_embedding, images)
-        x = F.conv2d(images.movedim(-1, 1), kernel, stride=self.patch_size)  # (B, D, G, G)
-        x = x.flatten(2).transpose(1, 2)  # (B, N, D)
-        cls = value(self.class_embedding, x).to(x.dtype).expand(x.shape[0], 1, -1)
-        x = torch.cat([cls, x], dim=1)  # (B, N + 1, D)
-        x = x + value(self.positional_embedding, x).to(x.dtype)
-        x = clip_layers.torch_layer_norm(x, self.ln_pre)
-        x = sublayer(self.transformer, x)  # (B, N + 1, D)
-        return clip_layers.torch_layer_norm(x[:, 0], self.ln_post)  # (B, D)
+        x = self.ln_pre(x)
+        x = self.transformer(x)  # (B, N + 1, D)
+        return self.ln_post(x[:, 0])  # (B, D)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], self.width)
