@@ -88,17 +88,18 @@ def assert_close(got, expected, names, tol):
 
 def assert_as_accurate(got, expected, reference, names):
     """`got` about as far from the float32 `reference` as `expected` is
-    (relative norm error, at most twice plus 0.02). For the ResNet's
-    bfloat16 gradients: a ReLU input near zero rounds to either side, and
-    the attention pool's key gradients are small differences of large
-    terms, so the two paths' bfloat16 results differ about as much as each
-    differs from float32. (The float32 tests catch small errors; these
-    catch a path that mishandles bfloat16.)"""
+    (relative norm error, at most twice plus 0.1). For the ResNet's bfloat16
+    gradients: a ReLU input near zero rounds to either side, which moves a
+    small weight's gradient by several percent of its norm, and the
+    attention pool's key gradients are small differences of large terms; the
+    two paths' bfloat16 results differ about as much as each differs from
+    float32. (The float32 tests catch small errors; these catch a path that
+    mishandles bfloat16, whose errors are of the order of the values.)"""
     assert len(got) == len(expected) == len(reference) == len(names)
     for name, a, b, r in zip(names, got, expected, reference):
         norm = max(1.0, float(np.linalg.norm(r)))
         fast, plain = np.linalg.norm(a - r) / norm, np.linalg.norm(b - r) / norm
-        assert fast <= 2 * plain + 0.02, (name, fast, plain)
+        assert fast <= 2 * plain + 0.1, (name, fast, plain)
 
 
 def float32_twin(layer, make):
