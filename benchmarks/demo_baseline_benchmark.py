@@ -45,6 +45,9 @@ from keras_clip import data
 from keras_clip_app import demo
 from keras_clip.evaluation import zero_shot  # noqa: E402
 from keras_clip.evaluation.callbacks import TimeBudgetCosineDecay  # noqa: E402
+
+# As the demo does before any JAX computation (nothing is set at import).
+__import__("keras_clip").backends.tune_xla_cpu()
 from keras_clip.data.datasets import emoji  # noqa: E402
 from keras_clip.losses import clip_logits, contrastive_loss  # noqa: E402
 from keras_clip.optimizers import WarmupCosineDecay  # noqa: E402

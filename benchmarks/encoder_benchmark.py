@@ -57,6 +57,9 @@ from benchmarks.torch_eager_benchmark import open_clip_side  # noqa: E402
 from keras_clip import make_optimizer  # noqa: E402
 from keras_clip.models.clip_model import CLIPModel  # noqa: E402
 
+# As the CLI does before any JAX computation (nothing is set at import).
+__import__("keras_clip").backends.tune_xla_cpu()
+
 BACKEND = keras.backend.backend()
 if BACKEND == "tensorflow":
     SIDES = ("open_clip", "keras_clip TF, XLA (default)", "keras_clip TF, no XLA")

@@ -33,6 +33,9 @@ from keras_clip import backends  # noqa: E402
 from keras_clip import make_optimizer  # noqa: E402
 from keras_clip.models.clip_model import CLIPModel  # noqa: E402
 
+# As the CLI does before any JAX computation (nothing is set at import).
+__import__("keras_clip").backends.tune_xla_cpu()
+
 # switch -> (`keras_clip.backends.settings` field, off / on names, default cases)
 SWITCHES = {
     "pointwise": ("jax_pointwise_matmul", "XLA conv", "matmul",

@@ -342,6 +342,11 @@ def main():
     if args.worker:
         impl, preset = args.worker
         set_threads(args.threads, impl if impl == "open_clip" else os.environ["KERAS_BACKEND"])
+        if impl != "open_clip":
+            # What the CLI does before any JAX computation (nothing is set at import).
+            from keras_clip import backends
+
+            backends.tune_xla_cpu()
         workers = {"open_clip": open_clip_worker, "keras_hub": keras_hub_worker,
                    "xla": lambda *a: keras_worker(*a, jit_compile=True)}
         fn = workers.get(impl.split(":")[0], keras_worker)

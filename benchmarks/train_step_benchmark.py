@@ -30,6 +30,7 @@ def worker(preset, batch_size, steps, threads, image_size=None):
 
     import keras_clip
 
+    keras_clip.backends.tune_xla_cpu()  # as the CLI does (nothing is set at import)
     if keras.backend.backend() == "torch":
         import torch
 
