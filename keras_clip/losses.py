@@ -278,6 +278,17 @@ class ContrastiveLoss:
         image = l2_normalize(image_embeddings)
         text = l2_normalize(text_embeddings)
         all_image, all_text, labels = distributed.global_batch(image, text, context)
+        global_size = all_image.shape[0]
+        if global_size is not None and global_size < 2:
+            # Known when the batch's shape is (eager, JAX, torch; not in a TF
+            # graph with an unknown batch): a lone pair has no negatives,
+            # its loss is 0 whatever the weights.
+            raise ValueError(
+                "Expected a global batch of at least 2 pairs: a contrastive "
+                "batch of one has no negatives and learns nothing. Received: "
+                f"{global_size} pair. Use a batch size of 2 or more, and drop "
+                "a last batch of one (the keras_clip.data sources do)."
+            )
         loss, i2t, t2i = self.local_loss(
             image, text, all_image, all_text, labels, ops.cast(scale, "float32")
         )

@@ -370,5 +370,5 @@ def report(metrics, path):
         print(f"{name:>20}: {where}")
     print(
         "\nClassify new images: model = keras.saving.load_model(path); "
-        "keras_clip.evaluation.zero_shot.classify(model, uint8_images, labels, templates=['{}'])"
+        "keras_clip.zero_shot.classify(model, uint8_images, labels) (the model carries its template)"
     )

@@ -204,8 +204,8 @@ def set_jit_compile(model, value):
     if model.run_eagerly:
         resolved = False  # as compile() does: eager steps cannot be jitted
     model.jit_compile = resolved
-    if hasattr(model, "_requested_jit_compile"):
-        model._requested_jit_compile = value
+    if hasattr(model, "requested_jit_compile"):  # a CLIPModel
+        model.requested_jit_compile = value
     # A train function built before follows the old setting; rebuild it.
     model.train_function = None
     model.test_function = None

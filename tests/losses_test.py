@@ -359,3 +359,17 @@ def test_loss_object_takes_no_bias():
     x = np.eye(3, dtype="float32")
     with pytest.raises(ValueError, match=r"no logit bias.*Received: bias=-10\.0"):
         ContrastiveLoss()(x, x, 1.0, bias=-10.0)
+
+
+def test_loss_object_refuses_a_batch_of_one():
+    # One pair: its own softmax over one column is 1, so the loss is 0 and
+    # carries no gradient whatever the embeddings (checked here in NumPy
+    # terms: log-softmax of a single logit is 0), so it is refused.
+    from keras_clip.losses import ContrastiveLoss
+
+    one = np.ones((1, 4), "float32")
+    assert np.log(np.exp(3.0) / np.exp(3.0)) == 0.0
+    with pytest.raises(ValueError, match="at least 2 pairs.*Received: 1 pair"):
+        ContrastiveLoss()(one, one, 10.0)
+    loss, _ = ContrastiveLoss()(np.eye(2, 4, dtype="float32"), np.eye(2, 4, dtype="float32"), 10.0)
+    assert float(keras.ops.convert_to_numpy(loss)) > 0.0

@@ -185,7 +185,9 @@ def test_set_jit_compile_acts_as_compile_would_and_keeps_the_optimizer(value):
     model.jit_compile = flip
     training.set_jit_compile(model, value)
     assert model.jit_compile == reference.jit_compile
-    assert model._tf_encoder_xla() == reference._tf_encoder_xla()
+    from keras_clip import backends
+
+    assert backends.compiled_encoders_use_xla(model) == backends.compiled_encoders_use_xla(reference)
     assert model.get_compile_config()["jit_compile"] == value
     assert model.train_function is None
     assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == iterations == 1

@@ -317,7 +317,7 @@ def compiled_encoders_use_xla(model):
     only, where XLA was faster on the CPU for the models measured
     (docs/performance.md), for more compilation per input shape.
     """
-    requested = getattr(model, "_requested_jit_compile", "auto")
+    requested = getattr(model, "requested_jit_compile", "auto")
     return True if requested == "auto" else bool(requested)
 
 

@@ -172,4 +172,7 @@ def _concrete_value_range(x):
         return NotImplemented
     if x.size == 0:
         return None
-    return jnp.min(x).item(), jnp.max(x).item()
+    # On the host, as NumPy: a batch of token ids is small, and two
+    # dispatched reductions cost more than its copy.
+    values = jax.device_get(x)
+    return values.min().item(), values.max().item()

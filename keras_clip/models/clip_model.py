@@ -428,11 +428,6 @@ class CLIPModel(keras.Model):
         features = self.text_projection(features)  # (B, E)
         return l2_normalize(features) if normalize else features
 
-    def _tf_encoder_xla(self):
-        """Whether TF's compiled encoders use XLA; kept for callers of this
-        name: `keras_clip.backends.compiled_encoders_use_xla(model)`."""
-        return backends.compiled_encoders_use_xla(self)
-
     def __setattr__(self, name, value):
         if name == "jit_compile":
             # Recorded here, not in a property setter: TF's attribute
@@ -440,7 +435,7 @@ class CLIPModel(keras.Model):
             # (`model.jit_compile = False` where "auto" resolved to False).
             # `compile` sets the resolved value through here too, then puts
             # back what it was asked for.
-            super().__setattr__("_requested_jit_compile", value)
+            super().__setattr__("requested_jit_compile", value)
         super().__setattr__(name, value)
 
     def call(self, inputs, training=None):
@@ -676,7 +671,9 @@ class CLIPModel(keras.Model):
         requested_jit_compile = kwargs.get("jit_compile", "auto")
         super().compile(optimizer=optimizer, **kwargs)
         self.loss = loss
-        self._requested_jit_compile = requested_jit_compile
+        # What was asked for ("auto", True or False), as opposed to
+        # `jit_compile`, what it resolved to on this backend and device.
+        self.requested_jit_compile = requested_jit_compile
         self.exclude_from_weight_decay = exclude_from_weight_decay
         # mixed_float16 wraps the optimizer in a LossScaleOptimizer, whose
         # own exclusion list the wrapped optimizer never reads.
@@ -720,7 +717,7 @@ class CLIPModel(keras.Model):
         config["loss"] = keras.saving.serialize_keras_object(self.loss)
         config["exclude_from_weight_decay"] = self.exclude_from_weight_decay
         if "jit_compile" in config:
-            config["jit_compile"] = self._requested_jit_compile
+            config["jit_compile"] = self.requested_jit_compile
         return config
 
     def compile_from_config(self, config):
