@@ -54,6 +54,34 @@ class LastValue(keras.metrics.Metric):
 _INTEGER_DTYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32")
 
 
+def _tokenizer_values(tokenizer):
+    """The `CLIPConfig` fields the tokenizer knows: `vocabulary_size`,
+    `eot_token_id`, `context_length` (a tokenizer without a vocabulary yet
+    knows none)."""
+    values = {}
+    for field in ("vocabulary_size", "eot_token_id", "context_length"):
+        try:
+            value = getattr(tokenizer, field, None)
+        except Exception:  # a tokenizer without a vocabulary yet
+            value = None
+        if value is not None:
+            values[field] = int(value)
+    return values
+
+
+def _contradictions(values, given):
+    """`(field, given value, tokenizer's value)` for each field of `given`
+    that contradicts the tokenizer's `values`; a larger `vocabulary_size` (a
+    padded embedding table) does not."""
+    return [
+        (field, given[field], value)
+        for field, value in values.items()
+        if given.get(field) is not None
+        and given[field] != value
+        and not (field == "vocabulary_size" and given[field] > value)
+    ]
+
+
 def tokenizer_fields(tokenizer, overrides=None):
     """The `CLIPConfig` fields a tokenizer fixes: `vocabulary_size`,
     `eot_token_id` and `context_length` (those it knows).
@@ -62,46 +90,26 @@ def tokenizer_fields(tokenizer, overrides=None):
     naming both; a larger `vocabulary_size` (a padded embedding table) is
     allowed.
     """
-    overrides = overrides or {}
-    fields = {}
-    for field, attribute in (("vocabulary_size", "vocabulary_size"),
-                             ("eot_token_id", "eot_token_id"),
-                             ("context_length", "context_length")):
-        try:
-            value = getattr(tokenizer, attribute, None)
-        except Exception:  # a tokenizer without a vocabulary yet
-            value = None
-        if value is None:
-            continue
-        given = overrides.get(field)
-        fits = given is None or given == value or (field == "vocabulary_size" and given > value)
-        if not fits:
-            raise ValueError(
-                f"`{field}={given}` contradicts the tokenizer's {field} {int(value)}. "
-                f"Leave `{field}` out to take the tokenizer's."
-            )
-        fields[field] = int(value)
-    return fields
+    values = _tokenizer_values(tokenizer)
+    for field, given, value in _contradictions(values, overrides or {}):
+        raise ValueError(
+            f"`{field}={given}` contradicts the tokenizer's {field} {value}. "
+            f"Leave `{field}` out to take the tokenizer's."
+        )
+    return values
 
 
 def _check_tokenizer_fits(config, tokenizer):
-    """Refuses a tokenizer whose ids the model would read wrongly."""
+    """Refuses a tokenizer whose ids the model would read wrongly: the rule
+    of `tokenizer_fields`, with the model's configuration as the given side."""
     if tokenizer is None:
         return
-    try:
-        fields = tokenizer_fields(tokenizer)
-    except Exception:
-        return
-    problems = []
-    if fields.get("vocabulary_size", 0) > config.vocabulary_size:
-        problems.append(f"vocabulary_size {fields['vocabulary_size']} > the model's "
-                        f"{config.vocabulary_size}")
-    if "eot_token_id" in fields and fields["eot_token_id"] != config.eot_token_id:
-        problems.append(f"end-of-text id {fields['eot_token_id']} != the model's "
-                        f"{config.eot_token_id}")
-    if "context_length" in fields and fields["context_length"] != config.context_length:
-        problems.append(f"context_length {fields['context_length']} != the model's "
-                        f"{config.context_length}")
+    model_side = {field: getattr(config, field)
+                  for field in ("vocabulary_size", "eot_token_id", "context_length")}
+    problems = [
+        f"the tokenizer's {field} {value} against the model's {given}"
+        for field, given, value in _contradictions(_tokenizer_values(tokenizer), model_side)
+    ]
     if problems:
         raise ValueError(
             "The tokenizer does not fit the model: " + "; ".join(problems) + ". Build "
