@@ -118,6 +118,16 @@ def _check_tokenizer_fits(config, tokenizer):
         )
 
 
+def _check_paired(n_images, n_texts):
+    """Training pairs image i with caption i: their counts must agree
+    (where both are known)."""
+    if n_images is not None and n_texts is not None and n_images != n_texts:
+        raise ValueError(
+            "Expected as many images as token id rows (one caption per image). "
+            f"Received: {n_images} images and {n_texts} token id rows."
+        )
+
+
 @keras.saving.register_keras_serializable(package="keras_clip")
 class CLIPModel(keras.Model):
     """CLIP: contrastive language-image pre-training (Radford et al. 2021).
@@ -456,12 +466,8 @@ class CLIPModel(keras.Model):
                 f"Received: {got}"
             )
         # Inference scores any images against any texts; training pairs them.
-        n_images, n_texts = inputs["images"].shape[0], inputs["token_ids"].shape[0]
-        if training and n_images is not None and n_texts is not None and n_images != n_texts:
-            raise ValueError(
-                "Expected as many images as token id rows (one caption per image). "
-                f"Received: {n_images} images and {n_texts} token id rows."
-            )
+        if training:
+            _check_paired(inputs["images"].shape[0], inputs["token_ids"].shape[0])
         micro = self.loss.micro_batches if training and self.loss is not None else None
         if micro and micro > 1:
             image, text = self._encode_in_micro_batches(inputs, micro)
@@ -535,12 +541,7 @@ class CLIPModel(keras.Model):
             images, ids = x["images"], x["token_ids"]
             shapes = getattr(images, "shape", None), getattr(ids, "shape", None)
             if None not in shapes and len(shapes[0]) and len(shapes[1]):
-                if shapes[0][0] != shapes[1][0]:
-                    raise ValueError(
-                        "Expected as many images as token id rows (one caption per "
-                        f"image). Received: {shapes[0][0]} images and {shapes[1][0]} "
-                        "token id rows."
-                    )
+                _check_paired(shapes[0][0], shapes[1][0])
                 if shapes[0][0] is not None and shapes[0][0] < 2:
                     raise ValueError(
                         "Expected at least 2 image-caption pairs: a contrastive batch "
